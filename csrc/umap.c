@@ -1,0 +1,1410 @@
+/*
+ * bun-umap fault engine.
+ *
+ * One engine per process owns the userfaultfd, the table of regions, the per-page states, the
+ * page buffer that bounds how much of all regions is resident, the FIFO used for eviction, the
+ * queue of fill requests, and the monitor thread that turns fault messages into fill requests.
+ *
+ * Fill workers are Bun Worker threads. Each calls umap_worker_next() (which blocks in a condition
+ * variable until a request is ready), reads the store into the staging buffer the request names,
+ * and calls umap_worker_complete(), which installs the bytes with UFFDIO_COPY and wakes the
+ * faulting threads. The workers reach these functions through the symbol pointers of the one
+ * copy that the main thread compiled, so every thread shares the same globals.
+ *
+ * Conventions (after liburing): every exported function starts with umap_, returns 0, a count or
+ * an id on success and -errno on failure; helpers are static. One mutex, E.mu, guards all engine
+ * state; the slow system calls (UFFDIO_COPY of a whole batch, a store read) run outside it.
+ *
+ * Page states: EMPTY (not resident, not requested) -> FILLING (requested, reserved in the buffer)
+ * -> PRESENT (installed) -> EMPTY (evicted with MADV_DONTNEED). A fill that fails for good leaves
+ * the faulting page POISONED (SIGBUS on access, like a kernel mapping of a failing file) and the
+ * rest of its batch EMPTY, so threads waiting there fault again and get a request of their own.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "uffd_compat.h"
+
+#define UMAP_REGIONS_MAX 4096
+#define UMAP_WORKERS_MAX 256
+#define UMAP_QUEUE_MAX 8192
+#define UMAP_TICKETS_MAX 1024
+#define UMAP_COMMANDS_MAX 256
+#define UMAP_FAULT_EVENTS_MAX 4096
+#define UMAP_TICKET_ERROR_BYTES 512
+/* A fill request covers at most this many bytes (or one page, where pages are larger): big
+ * enough that a store read and a UFFDIO_COPY amortize their fixed costs, small enough that
+ * several workers share a read-ahead window. */
+#define UMAP_BATCH_BYTES_MAX (1u << 20)
+/* The batch that holds the faulting page is kept smaller, so the faulting thread resumes sooner. */
+#define UMAP_FAULT_BATCH_BYTES_MAX (256u << 10)
+#define UMAP_SYSTEM_PAGE 4096u
+
+enum page_state { PAGE_EMPTY = 0, PAGE_FILLING = 1, PAGE_PRESENT = 2, PAGE_POISONED = 3 };
+
+/* Which way the userfaultfd was opened: reported to TypeScript for diagnostics. */
+enum open_mode { OPEN_NONE = 0, OPEN_SYSCALL = 1, OPEN_DEVICE = 2, OPEN_USER_MODE_ONLY = 3 };
+
+/* Order and meaning of the numbers umap_region_stats() writes; src/engine.ts reads them. */
+enum region_stat {
+	STAT_FAULTS,            /* fault messages received for the region */
+	STAT_DUPLICATE_FAULTS,  /* of those, on a page already being filled */
+	STAT_FILLS,             /* pages installed */
+	STAT_FILL_REQUESTS,     /* requests handed to workers (one store read each) */
+	STAT_READ_AHEAD_PAGES,  /* pages requested beyond the faulting page */
+	STAT_PREFETCH_PAGES,    /* pages requested by prefetch() */
+	STAT_EVICTIONS,         /* pages dropped from the buffer */
+	STAT_RESIDENT_PAGES,    /* pages installed or being filled now */
+	STAT_BYTES_READ,        /* bytes installed from the store */
+	STAT_FILL_ERRORS,       /* requests whose store read failed */
+	STAT_POISONED_PAGES,    /* pages answered with SIGBUS after a failed fill */
+	STAT_COPY_RACES,        /* pages UFFDIO_COPY found already installed (EEXIST) */
+	STAT_COUNT
+};
+
+struct region {
+	int live;
+	int closing;
+	uint32_t generation;
+	char *base;
+	uint64_t mapped_bytes; /* page_count * page_size */
+	uint64_t page_size;
+	uint64_t page_count;
+	uint8_t *state;
+	int64_t read_ahead_fixed; /* pages, or -1 for adaptive */
+	uint64_t stream_end;      /* adaptive read-ahead: page after the last sequential run */
+	uint64_t stream_window;   /* adaptive read-ahead: pages to request on the next fault */
+	uint64_t inflight_pages;
+	uint64_t stat[STAT_COUNT];
+	char *descriptor;
+	uint64_t descriptor_bytes;
+};
+
+struct request {
+	uint32_t slot;
+	uint32_t ticket;       /* 0 or the prefetch ticket this request counts towards */
+	uint64_t first_page;
+	uint64_t page_count;   /* 0 for a ticket-closing marker */
+	uint64_t fault_page;   /* the page whose fault made this request, or UINT64_MAX */
+};
+
+struct worker {
+	int used;
+	int busy;
+	uint64_t epoch; /* the engine run it serves: a worker of a stopped run never serves again */
+	struct request req;
+	char *staging;
+	uint64_t staging_bytes;
+};
+
+struct ticket {
+	int used;
+	uint64_t pending; /* requests not yet completed, the closing marker included */
+	int failed;
+	char error[UMAP_TICKET_ERROR_BYTES];
+};
+
+struct command {
+	uint32_t slot;
+	uint32_t ticket;
+	uint64_t first_page;
+	uint64_t page_count;
+};
+
+static struct engine {
+	pthread_mutex_t mu;
+	pthread_cond_t work_cv;  /* a request was queued, or the engine is stopping */
+	pthread_cond_t space_cv; /* buffer space was freed, or a region is closing */
+	int running;
+	int stopping;
+	uint64_t epoch; /* counts engine starts */
+	int uffd;
+	int wake_fd;
+	pthread_t monitor;
+	int open_mode;
+	int open_errno[3]; /* errno of each way tried: syscall, device, user-mode-only */
+	uint64_t features;
+
+	uint64_t buffer_bytes;
+	uint64_t high_bytes;
+	uint64_t low_bytes;
+	uint64_t resident_bytes;
+	uint32_t fault_events_max;
+	uint64_t stray_faults;
+
+	struct region regions[UMAP_REGIONS_MAX];
+	uint32_t sorted[UMAP_REGIONS_MAX]; /* live slots ordered by base address */
+	uint32_t sorted_count;
+
+	/* FIFO of reserved pages, oldest first: entry = slot << 48 | page. */
+	uint64_t *fifo;
+	uint64_t fifo_capacity;
+	uint64_t fifo_head;
+	uint64_t fifo_count;
+
+	struct request queue[UMAP_QUEUE_MAX]; /* a deque: fault batches go to the front */
+	uint32_t queue_head;
+	uint32_t queue_count;
+
+	struct worker workers[UMAP_WORKERS_MAX];
+	struct ticket tickets[UMAP_TICKETS_MAX];
+	struct command commands[UMAP_COMMANDS_MAX];
+	uint32_t command_count;
+} E = {
+	.mu = PTHREAD_MUTEX_INITIALIZER,
+	.work_cv = PTHREAD_COND_INITIALIZER,
+	.space_cv = PTHREAD_COND_INITIALIZER,
+	.uffd = -1,
+	.wake_fd = -1,
+};
+
+/* Assertions catch programmer errors and stay on in every build. */
+#define UMAP_ASSERT(cond)                                                                     \
+	do {                                                                                  \
+		if (!(cond))                                                                  \
+			umap_assert_failed(#cond, __LINE__);                                  \
+	} while (0)
+
+static void umap_assert_failed(const char *what, int line)
+{
+	char msg[256];
+	int n = 0;
+	const char *prefix = "bun-umap engine: assertion failed: ";
+	while (prefix[n] && n < 200) {
+		msg[n] = prefix[n];
+		n++;
+	}
+	for (int i = 0; what[i] && n < 240; i++)
+		msg[n++] = what[i];
+	msg[n++] = ' ';
+	msg[n++] = '@';
+	char digits[12];
+	int d = 0;
+	do {
+		digits[d++] = (char)('0' + line % 10);
+		line /= 10;
+	} while (line && d < 11);
+	while (d && n < 254)
+		msg[n++] = digits[--d];
+	msg[n++] = '\n';
+	ssize_t ignored = write(2, msg, (size_t)n);
+	(void)ignored;
+	abort();
+}
+
+static uint64_t min_u64(uint64_t a, uint64_t b)
+{
+	return a < b ? a : b;
+}
+
+/* ---------------------------------------------------------------- userfaultfd primitives */
+
+static int uffd_wake(uint64_t start, uint64_t len)
+{
+	struct uffdio_range range = { .start = start, .len = len };
+	return ioctl(E.uffd, UFFDIO_WAKE, &range) ? -errno : 0;
+}
+
+/*
+ * Installs len bytes from src at dst and wakes the threads waiting there. EEXIST means another
+ * installation won for one system page: that page is skipped and counted, since its bytes are
+ * already there. EAGAIN (the mm changed under us) is retried from where the kernel stopped.
+ */
+static int uffd_copy(uint64_t dst, const char *src, uint64_t len, uint64_t *races)
+{
+	uint64_t done = 0;
+	int raced = 0;
+	while (done < len) {
+		struct uffdio_copy copy = {
+			.dst = dst + done,
+			.src = (uint64_t)(uintptr_t)(src + done),
+			.len = len - done,
+			.mode = 0,
+		};
+		if (ioctl(E.uffd, UFFDIO_COPY, &copy) == 0) {
+			done += (uint64_t)copy.copy;
+			continue;
+		}
+		int err = errno;
+		if (copy.copy > 0)
+			done += (uint64_t)copy.copy;
+		if (err == EAGAIN)
+			continue;
+		if (err == EEXIST) {
+			done += UMAP_SYSTEM_PAGE;
+			(*races)++;
+			raced = 1;
+			continue;
+		}
+		return -err;
+	}
+	/* A page skipped for EEXIST may have waiters that the copies did not cover. */
+	return raced ? uffd_wake(dst, len) : 0;
+}
+
+static int uffd_poison(uint64_t start, uint64_t len)
+{
+	struct uffdio_poison poison = { .range = { .start = start, .len = len }, .mode = 0 };
+	return ioctl(E.uffd, UFFDIO_POISON, &poison) ? -errno : 0;
+}
+
+static int uffd_open(int flags, int *mode)
+{
+	int fd = (int)syscall(SYS_userfaultfd, flags);
+	if (fd >= 0) {
+		*mode = OPEN_SYSCALL;
+		return fd;
+	}
+	E.open_errno[0] = errno;
+	int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+	if (dev >= 0) {
+		fd = ioctl(dev, USERFAULTFD_IOC_NEW, flags);
+		E.open_errno[1] = fd < 0 ? errno : 0;
+		close(dev);
+		if (fd >= 0) {
+			*mode = OPEN_DEVICE;
+			return fd;
+		}
+	} else {
+		E.open_errno[1] = errno;
+	}
+	fd = (int)syscall(SYS_userfaultfd, flags | UFFD_USER_MODE_ONLY);
+	if (fd >= 0) {
+		*mode = OPEN_USER_MODE_ONLY;
+		return fd;
+	}
+	E.open_errno[2] = errno;
+	return -E.open_errno[0];
+}
+
+/* ---------------------------------------------------------------- regions and the FIFO */
+
+static struct region *region_at(uint32_t slot)
+{
+	if (slot >= UMAP_REGIONS_MAX || !E.regions[slot].live)
+		return NULL;
+	return &E.regions[slot];
+}
+
+static struct region *region_of_address(uint64_t addr)
+{
+	uint32_t lo = 0, hi = E.sorted_count;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		struct region *r = &E.regions[E.sorted[mid]];
+		uint64_t base = (uint64_t)(uintptr_t)r->base;
+		if (addr < base)
+			hi = mid;
+		else if (addr >= base + r->mapped_bytes)
+			lo = mid + 1;
+		else
+			return r;
+	}
+	return NULL;
+}
+
+static uint64_t page_address(const struct region *r, uint64_t page)
+{
+	return (uint64_t)(uintptr_t)r->base + page * r->page_size;
+}
+
+static int fifo_push(uint32_t slot, uint64_t page)
+{
+	if (E.fifo_count == E.fifo_capacity) {
+		uint64_t capacity = E.fifo_capacity ? E.fifo_capacity * 2 : 1024;
+		uint64_t *grown = malloc(capacity * sizeof *grown);
+		if (!grown)
+			return -ENOMEM;
+		for (uint64_t i = 0; i < E.fifo_count; i++)
+			grown[i] = E.fifo[(E.fifo_head + i) % E.fifo_capacity];
+		free(E.fifo);
+		E.fifo = grown;
+		E.fifo_capacity = capacity;
+		E.fifo_head = 0;
+	}
+	E.fifo[(E.fifo_head + E.fifo_count) % E.fifo_capacity] = (uint64_t)slot << 48 | page;
+	E.fifo_count++;
+	return 0;
+}
+
+/* Drops every FIFO entry of a slot: called when its region is released. */
+static void fifo_forget_slot(uint32_t slot)
+{
+	uint64_t kept = 0;
+	for (uint64_t i = 0; i < E.fifo_count; i++) {
+		uint64_t entry = E.fifo[(E.fifo_head + i) % E.fifo_capacity];
+		if ((uint32_t)(entry >> 48) != slot)
+			E.fifo[(E.fifo_head + kept++) % E.fifo_capacity] = entry;
+	}
+	E.fifo_count = kept;
+}
+
+/*
+ * Evicts installed pages, oldest first, until no more than target_bytes are resident or nothing
+ * more can go. Pages still being filled are passed over and keep their place at the back.
+ * Contiguous pages of one region are released with one madvise() call.
+ */
+static void evict_to(uint64_t target_bytes)
+{
+	uint64_t budget = E.fifo_count;
+	struct region *run = NULL;
+	uint64_t run_first = 0, run_count = 0;
+
+	while (E.resident_bytes > target_bytes && budget-- > 0 && E.fifo_count > 0) {
+		uint64_t entry = E.fifo[E.fifo_head];
+		E.fifo_head = (E.fifo_head + 1) % E.fifo_capacity;
+		E.fifo_count--;
+		uint32_t slot = (uint32_t)(entry >> 48);
+		uint64_t page = entry & ((1ull << 48) - 1);
+		struct region *r = region_at(slot);
+		if (!r || page >= r->page_count)
+			continue;
+		if (r->state[page] == PAGE_FILLING) {
+			/* Cannot fail: the entry just popped left room. */
+			int pushed = fifo_push(slot, page);
+			UMAP_ASSERT(pushed == 0);
+			continue;
+		}
+		if (r->state[page] != PAGE_PRESENT)
+			continue; /* a stale entry: the page was already released */
+		if (run && (run != r || run_first + run_count != page)) {
+			madvise(run->base + run_first * run->page_size, run_count * run->page_size,
+				MADV_DONTNEED);
+			run = NULL;
+		}
+		if (!run) {
+			run = r;
+			run_first = page;
+			run_count = 0;
+		}
+		run_count++;
+		/* The state changes before the pages go: a fault that follows the madvise() finds
+		 * the page EMPTY and requests it again. Nothing can fault on it in between, since
+		 * it is still installed, and E.mu keeps everything else out. */
+		r->state[page] = PAGE_EMPTY;
+		r->stat[STAT_EVICTIONS]++;
+		r->stat[STAT_RESIDENT_PAGES]--;
+		UMAP_ASSERT(E.resident_bytes >= r->page_size);
+		E.resident_bytes -= r->page_size;
+	}
+	if (run)
+		madvise(run->base + run_first * run->page_size, run_count * run->page_size,
+			MADV_DONTNEED);
+}
+
+/*
+ * Reserves buffer space for up to want_pages pages of r and returns how many it reserved. Above
+ * the high-water mark it first evicts down to the low-water mark. Returns at least min_pages,
+ * waiting for fills to finish when the buffer is full of pages still being filled, unless the
+ * region starts closing or the engine stops (then 0).
+ */
+static uint64_t reserve_pages(struct region *r, uint64_t want_pages, uint64_t min_pages)
+{
+	for (;;) {
+		if (E.stopping || r->closing || !r->live)
+			return 0;
+		uint64_t want_bytes = want_pages * r->page_size;
+		if (E.resident_bytes + want_bytes > E.high_bytes)
+			evict_to(E.low_bytes > want_bytes ? E.low_bytes - want_bytes : 0);
+		uint64_t free_bytes =
+			E.buffer_bytes > E.resident_bytes ? E.buffer_bytes - E.resident_bytes : 0;
+		uint64_t pages = min_u64(want_pages, free_bytes / r->page_size);
+		if (pages >= min_pages && pages > 0) {
+			E.resident_bytes += pages * r->page_size;
+			return pages;
+		}
+		if (min_pages == 0)
+			return 0;
+		pthread_cond_wait(&E.space_cv, &E.mu);
+	}
+}
+
+static int queue_push(const struct request *req, int urgent)
+{
+	if (E.queue_count == UMAP_QUEUE_MAX)
+		return -EAGAIN;
+	if (urgent) {
+		E.queue_head = (E.queue_head + UMAP_QUEUE_MAX - 1) % UMAP_QUEUE_MAX;
+		E.queue[E.queue_head] = *req;
+	} else {
+		E.queue[(E.queue_head + E.queue_count) % UMAP_QUEUE_MAX] = *req;
+	}
+	E.queue_count++;
+	pthread_cond_signal(&E.work_cv);
+	return 0;
+}
+
+static uint64_t batch_pages_max(const struct region *r, uint64_t bytes_max)
+{
+	uint64_t pages = bytes_max / r->page_size;
+	return pages ? pages : 1;
+}
+
+/* Waits (releasing E.mu) until the request queue has room; 0, or -ESHUTDOWN when stopping. */
+static int wait_queue_room(struct region *r)
+{
+	while (E.queue_count == UMAP_QUEUE_MAX) {
+		if (E.stopping || r->closing)
+			return -ESHUTDOWN;
+		pthread_cond_wait(&E.space_cv, &E.mu);
+	}
+	return 0;
+}
+
+/*
+ * Requests the run of EMPTY pages that starts at first (at most page_count of them): reserves
+ * buffer space, marks the pages FILLING and queues them in batches. With fault_page set, the
+ * first page is required (this waits for space) and its batch goes to the front of the queue;
+ * the rest of the run is read-ahead and is cut short where the buffer has no room. Returns the
+ * number of pages requested, or 0 if the first page needs no fill any more.
+ */
+static uint64_t request_run(struct region *r, uint64_t first, uint64_t page_count,
+			    uint64_t fault_page, uint32_t ticket)
+{
+	uint32_t slot = (uint32_t)(r - E.regions);
+	int faulted = fault_page != UINT64_MAX;
+	uint64_t reserved = reserve_pages(r, page_count, faulted ? 1 : 0);
+	if (reserved == 0)
+		return 0;
+	/* reserve_pages() may have waited with E.mu released: count the EMPTY run again. */
+	uint64_t run = 0;
+	while (run < reserved && first + run < r->page_count &&
+	       r->state[first + run] == PAGE_EMPTY)
+		run++;
+	E.resident_bytes -= (reserved - run) * r->page_size;
+	if (run == 0) {
+		pthread_cond_broadcast(&E.space_cv);
+		return 0;
+	}
+	for (uint64_t i = 0; i < run; i++) {
+		r->state[first + i] = PAGE_FILLING;
+		if (fifo_push(slot, first + i) != 0) {
+			/* Out of memory for the FIFO: give back what is not queued yet. */
+			for (uint64_t j = i; j < run; j++)
+				r->state[first + j] = PAGE_EMPTY;
+			E.resident_bytes -= (run - i) * r->page_size;
+			run = i;
+			break;
+		}
+	}
+	r->inflight_pages += run;
+	r->stat[STAT_RESIDENT_PAGES] += run;
+
+	uint64_t done = 0;
+	while (done < run) {
+		uint64_t limit = batch_pages_max(
+			r, done == 0 && faulted ? UMAP_FAULT_BATCH_BYTES_MAX : UMAP_BATCH_BYTES_MAX);
+		struct request req = {
+			.slot = slot,
+			.ticket = ticket,
+			.first_page = first + done,
+			.page_count = min_u64(limit, run - done),
+			.fault_page = done == 0 ? fault_page : UINT64_MAX,
+		};
+		if (wait_queue_room(r) != 0) {
+			/* Closing or stopping: the unqueued pages go back to EMPTY. */
+			for (uint64_t i = done; i < run; i++)
+				r->state[first + i] = PAGE_EMPTY;
+			r->inflight_pages -= run - done;
+			r->stat[STAT_RESIDENT_PAGES] -= run - done;
+			E.resident_bytes -= (run - done) * r->page_size;
+			pthread_cond_broadcast(&E.space_cv);
+			break;
+		}
+		if (ticket)
+			E.tickets[ticket].pending++;
+		int pushed = queue_push(&req, faulted && done == 0);
+		UMAP_ASSERT(pushed == 0);
+		r->stat[STAT_FILL_REQUESTS]++;
+		done += req.page_count;
+	}
+	return run;
+}
+
+/* Pages to read ahead of a fault at page: fixed, or adaptive (doubling on sequential faults). */
+static uint64_t read_ahead_for(struct region *r, uint64_t page)
+{
+	if (r->read_ahead_fixed >= 0)
+		return (uint64_t)r->read_ahead_fixed;
+	/* Never let one region's read-ahead take more than a quarter of the buffer. */
+	uint64_t window_max = min_u64(E.buffer_bytes / 4, 16u << 20) / r->page_size;
+	if (page == r->stream_end)
+		r->stream_window = min_u64(r->stream_window ? r->stream_window * 2 : 4, window_max);
+	else
+		r->stream_window = 0;
+	return r->stream_window;
+}
+
+/*
+ * A fault on a page that read-ahead requested and that is still being filled means the reader
+ * has caught up with the stream: request the next window now, so that it is on its way before
+ * the reader gets there. (Userfaultfd shows no accesses to installed pages, so a fault that
+ * waits on read-ahead is the only sign of progress a stream gives.)
+ */
+static void extend_stream(struct region *r, uint64_t page)
+{
+	if (r->read_ahead_fixed >= 0 || r->stream_window == 0 || page >= r->stream_end ||
+	    page + r->stream_window < r->stream_end || r->stream_end >= r->page_count)
+		return;
+	uint64_t first = r->stream_end;
+	if (r->state[first] != PAGE_EMPTY)
+		return;
+	uint64_t want = min_u64(r->stream_window, r->page_count - first);
+	uint64_t requested = request_run(r, first, want, UINT64_MAX, 0);
+	r->stat[STAT_READ_AHEAD_PAGES] += requested;
+	r->stream_end = first + requested;
+}
+
+static void handle_fault(uint64_t addr)
+{
+	struct region *r = region_of_address(addr);
+	if (!r || r->closing) {
+		/* No live region owns the address (it is being released): answer, never park. */
+		E.stray_faults++;
+		uffd_wake(addr & ~(uint64_t)(UMAP_SYSTEM_PAGE - 1), UMAP_SYSTEM_PAGE);
+		return;
+	}
+	uint64_t page = (addr - (uint64_t)(uintptr_t)r->base) / r->page_size;
+	r->stat[STAT_FAULTS]++;
+	switch (r->state[page]) {
+	case PAGE_FILLING:
+		/* Already requested: the UFFDIO_COPY that installs it wakes this thread too. */
+		r->stat[STAT_DUPLICATE_FAULTS]++;
+		extend_stream(r, page);
+		return;
+	case PAGE_EMPTY:
+		break;
+	default:
+		/* Installed (or poisoned) since the fault was raised: the thread only needs waking. */
+		uffd_wake(page_address(r, page), r->page_size);
+		return;
+	}
+	uint64_t ahead = read_ahead_for(r, page);
+	uint64_t want = min_u64(1 + ahead, r->page_count - page);
+	uint64_t requested = request_run(r, page, want, page, 0);
+	if (requested == 0) {
+		uffd_wake(page_address(r, page), r->page_size);
+		return;
+	}
+	r->stat[STAT_READ_AHEAD_PAGES] += requested - 1;
+	if (r->read_ahead_fixed < 0)
+		r->stream_end = page + requested;
+}
+
+/* Runs a prefetch command: requests every EMPTY page of the range, then the ticket's marker. */
+static void run_prefetch(const struct command *cmd)
+{
+	struct region *r = region_at(cmd->slot);
+	uint64_t page = cmd->first_page;
+	uint64_t end = cmd->first_page + cmd->page_count;
+	while (r && !r->closing && page < end) {
+		if (r->state[page] != PAGE_EMPTY) {
+			page++;
+			continue;
+		}
+		uint64_t requested = request_run(r, page, end - page, UINT64_MAX, cmd->ticket);
+		if (requested == 0) {
+			/* No room even after evicting: wait for a fill to finish, then go on. */
+			if (r->state[page] == PAGE_EMPTY && !E.stopping && !r->closing)
+				pthread_cond_wait(&E.space_cv, &E.mu);
+			continue;
+		}
+		r->stat[STAT_PREFETCH_PAGES] += requested;
+		page += requested;
+	}
+	/* The marker closes the ticket once every request before it has completed. */
+	struct request marker = { .slot = cmd->slot, .ticket = cmd->ticket, .fault_page = UINT64_MAX };
+	E.tickets[cmd->ticket].pending++;
+	while (E.queue_count == UMAP_QUEUE_MAX && !E.stopping)
+		pthread_cond_wait(&E.space_cv, &E.mu);
+	if (queue_push(&marker, 0) != 0)
+		E.tickets[cmd->ticket].pending--; /* stopping: nobody is waiting for it any more */
+}
+
+static void *monitor_main(void *unused)
+{
+	(void)unused;
+	struct uffd_msg *msgs = malloc(sizeof *msgs * UMAP_FAULT_EVENTS_MAX);
+	UMAP_ASSERT(msgs != NULL);
+	for (;;) {
+		struct pollfd fds[2] = {
+			{ .fd = E.uffd, .events = POLLIN },
+			{ .fd = E.wake_fd, .events = POLLIN },
+		};
+		if (poll(fds, 2, -1) < 0 && errno != EINTR)
+			break;
+		if (fds[1].revents & POLLIN) {
+			uint64_t count;
+			ssize_t ignored = read(E.wake_fd, &count, sizeof count);
+			(void)ignored;
+		}
+		pthread_mutex_lock(&E.mu);
+		if (E.stopping) {
+			pthread_mutex_unlock(&E.mu);
+			break;
+		}
+		while (E.command_count > 0) {
+			struct command cmd = E.commands[0];
+			E.command_count--;
+			memmove(&E.commands[0], &E.commands[1], E.command_count * sizeof cmd);
+			run_prefetch(&cmd);
+		}
+		uint32_t events_max = E.fault_events_max;
+		pthread_mutex_unlock(&E.mu);
+
+		if (!(fds[0].revents & POLLIN))
+			continue;
+		ssize_t got = read(E.uffd, msgs, sizeof *msgs * events_max);
+		if (got < 0)
+			continue; /* EAGAIN: another wake-up raced us to the messages */
+		pthread_mutex_lock(&E.mu);
+		for (ssize_t i = 0; i < got / (ssize_t)sizeof *msgs && !E.stopping; i++) {
+			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
+				handle_fault(msgs[i].arg.pagefault.address);
+		}
+		pthread_mutex_unlock(&E.mu);
+	}
+	free(msgs);
+	return NULL;
+}
+
+static void poke_monitor(void)
+{
+	uint64_t one = 1;
+	ssize_t ignored = write(E.wake_fd, &one, sizeof one);
+	(void)ignored;
+}
+
+/* ---------------------------------------------------------------- engine life cycle */
+
+/*
+ * Opens the userfaultfd, negotiates features and starts the monitor thread. feature_mask names
+ * features to leave off (tests use it to stand in for older kernels). Returns the features
+ * granted (>= 0), -EALREADY if running, or -errno of the first way tried to open a userfaultfd
+ * (umap_engine_open_errno() gives all three).
+ */
+int64_t umap_engine_start(uint64_t feature_mask)
+{
+	pthread_mutex_lock(&E.mu);
+	if (E.running) {
+		pthread_mutex_unlock(&E.mu);
+		return -EALREADY;
+	}
+	E.open_errno[0] = E.open_errno[1] = E.open_errno[2] = 0;
+	E.open_mode = OPEN_NONE;
+	int mode = OPEN_NONE;
+	int probe = uffd_open(O_CLOEXEC | O_NONBLOCK, &mode);
+	if (probe < 0) {
+		pthread_mutex_unlock(&E.mu);
+		return probe;
+	}
+	/* The first UFFDIO_API call fixes an fd's features, so ask a probe fd what is offered. */
+	struct uffdio_api api = { .api = UFFD_API, .features = 0 };
+	int failed = ioctl(probe, UFFDIO_API, &api) ? -errno : 0;
+	close(probe);
+	if (failed) {
+		pthread_mutex_unlock(&E.mu);
+		return failed;
+	}
+	uint64_t wanted = UFFD_FEATURE_POISON;
+	uint64_t features = api.features & wanted & ~feature_mask;
+
+	int fd = uffd_open(O_CLOEXEC | O_NONBLOCK, &mode);
+	if (fd < 0) {
+		pthread_mutex_unlock(&E.mu);
+		return fd;
+	}
+	struct uffdio_api granted = { .api = UFFD_API, .features = features };
+	if (ioctl(fd, UFFDIO_API, &granted)) {
+		int err = errno;
+		close(fd);
+		pthread_mutex_unlock(&E.mu);
+		return -err;
+	}
+	int wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (wake_fd < 0) {
+		int err = errno;
+		close(fd);
+		pthread_mutex_unlock(&E.mu);
+		return -err;
+	}
+	E.uffd = fd;
+	E.wake_fd = wake_fd;
+	E.open_mode = mode;
+	E.features = features;
+	E.stopping = 0;
+	E.stray_faults = 0;
+	E.resident_bytes = 0;
+	E.queue_head = E.queue_count = 0;
+	E.command_count = 0;
+	if (E.fault_events_max == 0)
+		E.fault_events_max = 256;
+	int err = pthread_create(&E.monitor, NULL, monitor_main, NULL);
+	if (err) {
+		close(fd);
+		close(wake_fd);
+		E.uffd = E.wake_fd = -1;
+		pthread_mutex_unlock(&E.mu);
+		return -err;
+	}
+	E.running = 1;
+	E.epoch++;
+	pthread_mutex_unlock(&E.mu);
+	return (int64_t)features;
+}
+
+/* The way the userfaultfd was opened (enum open_mode), and errno of each way tried (index 0-2). */
+int umap_engine_open_mode(void)
+{
+	return E.open_mode;
+}
+
+int umap_engine_open_errno(int way)
+{
+	return way >= 0 && way < 3 ? E.open_errno[way] : -EINVAL;
+}
+
+/*
+ * Sizes the page buffer shared by all regions and the monitor's read batch. Shrinking takes
+ * effect at the next fault. Returns 0 or -EINVAL.
+ */
+int umap_engine_configure(uint64_t buffer_bytes, uint32_t high_percent, uint32_t low_percent,
+			  uint32_t fault_events_max)
+{
+	if (buffer_bytes < UMAP_SYSTEM_PAGE || high_percent == 0 || high_percent > 100 ||
+	    low_percent > high_percent || fault_events_max == 0 ||
+	    fault_events_max > UMAP_FAULT_EVENTS_MAX)
+		return -EINVAL;
+	pthread_mutex_lock(&E.mu);
+	E.buffer_bytes = buffer_bytes;
+	E.high_bytes = buffer_bytes / 100 * high_percent + buffer_bytes % 100 * high_percent / 100;
+	E.low_bytes = buffer_bytes / 100 * low_percent + buffer_bytes % 100 * low_percent / 100;
+	E.fault_events_max = fault_events_max;
+	pthread_cond_broadcast(&E.space_cv);
+	pthread_mutex_unlock(&E.mu);
+	return 0;
+}
+
+/*
+ * Stops the monitor thread, tells every worker waiting in umap_worker_next() to return 0, and
+ * closes the userfaultfd. Regions must be released first. Returns 0, -EBUSY while a region is
+ * live, or -EALREADY if the engine is not running.
+ */
+int umap_engine_stop(void)
+{
+	pthread_mutex_lock(&E.mu);
+	if (!E.running) {
+		pthread_mutex_unlock(&E.mu);
+		return -EALREADY;
+	}
+	if (E.sorted_count > 0) {
+		pthread_mutex_unlock(&E.mu);
+		return -EBUSY;
+	}
+	E.stopping = 1;
+	pthread_cond_broadcast(&E.work_cv);
+	pthread_cond_broadcast(&E.space_cv);
+	pthread_mutex_unlock(&E.mu);
+	poke_monitor();
+	pthread_join(E.monitor, NULL);
+
+	pthread_mutex_lock(&E.mu);
+	close(E.uffd);
+	close(E.wake_fd);
+	E.uffd = E.wake_fd = -1;
+	E.running = 0;
+	for (int i = 0; i < UMAP_TICKETS_MAX; i++)
+		E.tickets[i].used = 0;
+	free(E.fifo);
+	E.fifo = NULL;
+	E.fifo_capacity = E.fifo_head = E.fifo_count = 0;
+	pthread_mutex_unlock(&E.mu);
+	return 0;
+}
+
+/* Bytes of all regions that are resident or being filled. */
+int64_t umap_engine_resident_bytes(void)
+{
+	pthread_mutex_lock(&E.mu);
+	int64_t bytes = (int64_t)E.resident_bytes;
+	pthread_mutex_unlock(&E.mu);
+	return bytes;
+}
+
+/* Faults on addresses no live region owned (each was answered with a wake-up). */
+int64_t umap_engine_stray_faults(void)
+{
+	pthread_mutex_lock(&E.mu);
+	int64_t count = (int64_t)E.stray_faults;
+	pthread_mutex_unlock(&E.mu);
+	return count;
+}
+
+/* ---------------------------------------------------------------- regions */
+
+static void sorted_insert(uint32_t slot)
+{
+	uint64_t base = (uint64_t)(uintptr_t)E.regions[slot].base;
+	uint32_t at = E.sorted_count;
+	while (at > 0 && (uint64_t)(uintptr_t)E.regions[E.sorted[at - 1]].base > base) {
+		E.sorted[at] = E.sorted[at - 1];
+		at--;
+	}
+	E.sorted[at] = slot;
+	E.sorted_count++;
+}
+
+static void sorted_remove(uint32_t slot)
+{
+	uint32_t at = 0;
+	while (at < E.sorted_count && E.sorted[at] != slot)
+		at++;
+	UMAP_ASSERT(at < E.sorted_count);
+	memmove(&E.sorted[at], &E.sorted[at + 1], (E.sorted_count - at - 1) * sizeof E.sorted[0]);
+	E.sorted_count--;
+}
+
+/*
+ * Creates a region of page_count pages of page_size bytes (a power of two, at least the system
+ * page), aligned to page_size and registered for missing-page faults. read_ahead_pages is fixed,
+ * or -1 for adaptive. descriptor is the store's description (JSON) that workers read back.
+ * Returns the region's slot, or -EINVAL, -ENOSPC (too many regions), -ENOMEM, -errno of mmap or
+ * UFFDIO_REGISTER, or -ESHUTDOWN if the engine is not running.
+ */
+int64_t umap_region_create(uint64_t page_count, uint64_t page_size, int64_t read_ahead_pages,
+			   const char *descriptor, uint64_t descriptor_bytes)
+{
+	if (page_size < UMAP_SYSTEM_PAGE || (page_size & (page_size - 1)) || page_count == 0 ||
+	    page_count >= (1ull << 48) || page_count > UINT64_MAX / page_size ||
+	    read_ahead_pages < -1)
+		return -EINVAL;
+	uint64_t mapped = page_count * page_size;
+	/* Over-map by one page, then trim, to align the region to its page size. */
+	char *raw = mmap(NULL, mapped + page_size, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (raw == MAP_FAILED)
+		return -errno;
+	uint64_t misalign = (uint64_t)(uintptr_t)raw & (page_size - 1);
+	uint64_t lead = misalign ? page_size - misalign : 0;
+	char *base = raw + lead;
+	if (lead)
+		munmap(raw, lead);
+	if (page_size - lead)
+		munmap(base + mapped, page_size - lead);
+
+	/* calloc of a large size maps zero pages lazily: untouched state costs nothing. */
+	uint8_t *state = calloc(page_count, 1);
+	char *desc = malloc(descriptor_bytes + 1);
+	if (!state || !desc) {
+		free(state);
+		free(desc);
+		munmap(base, mapped);
+		return -ENOMEM;
+	}
+	memcpy(desc, descriptor, descriptor_bytes);
+	desc[descriptor_bytes] = 0;
+
+	pthread_mutex_lock(&E.mu);
+	int err = 0;
+	uint32_t slot = 0;
+	if (!E.running)
+		err = -ESHUTDOWN;
+	while (!err && slot < UMAP_REGIONS_MAX && E.regions[slot].live)
+		slot++;
+	if (!err && slot == UMAP_REGIONS_MAX)
+		err = -ENOSPC;
+	if (!err) {
+		struct uffdio_register reg = {
+			.range = { .start = (uint64_t)(uintptr_t)base, .len = mapped },
+			.mode = UFFDIO_REGISTER_MODE_MISSING,
+		};
+		if (ioctl(E.uffd, UFFDIO_REGISTER, &reg))
+			err = -errno;
+	}
+	if (err) {
+		pthread_mutex_unlock(&E.mu);
+		free(state);
+		free(desc);
+		munmap(base, mapped);
+		return err;
+	}
+	struct region *r = &E.regions[slot];
+	uint32_t generation = r->generation + 1;
+	memset(r, 0, sizeof *r);
+	r->live = 1;
+	r->generation = generation;
+	r->base = base;
+	r->mapped_bytes = mapped;
+	r->page_size = page_size;
+	r->page_count = page_count;
+	r->state = state;
+	r->read_ahead_fixed = read_ahead_pages;
+	r->descriptor = desc;
+	r->descriptor_bytes = descriptor_bytes;
+	sorted_insert(slot);
+	pthread_mutex_unlock(&E.mu);
+	return slot;
+}
+
+/* The region's first byte, or NULL if the slot is not live. */
+void *umap_region_base(uint32_t slot)
+{
+	pthread_mutex_lock(&E.mu);
+	struct region *r = region_at(slot);
+	void *base = r ? r->base : NULL;
+	pthread_mutex_unlock(&E.mu);
+	return base;
+}
+
+/* The slot's generation (changes each time the slot is reused), or 0 if it is not live. */
+int64_t umap_region_generation(uint32_t slot)
+{
+	pthread_mutex_lock(&E.mu);
+	struct region *r = region_at(slot);
+	int64_t generation = r ? r->generation : 0;
+	pthread_mutex_unlock(&E.mu);
+	return generation;
+}
+
+/*
+ * Copies the store descriptor of a live region into buf. Returns its length (which may exceed
+ * capacity: nothing is copied then), or -ENOENT if the slot is not live at that generation.
+ */
+int64_t umap_region_descriptor(uint32_t slot, uint32_t generation, char *buf, uint64_t capacity)
+{
+	pthread_mutex_lock(&E.mu);
+	struct region *r = region_at(slot);
+	int64_t result = -ENOENT;
+	if (r && r->generation == generation) {
+		result = (int64_t)r->descriptor_bytes;
+		if (r->descriptor_bytes <= capacity)
+			memcpy(buf, r->descriptor, r->descriptor_bytes);
+	}
+	pthread_mutex_unlock(&E.mu);
+	return result;
+}
+
+/*
+ * Writes the region's counters (enum region_stat order) to out as doubles. Returns STAT_COUNT,
+ * or -ENOENT.
+ */
+int umap_region_stats(uint32_t slot, double *out)
+{
+	pthread_mutex_lock(&E.mu);
+	struct region *r = region_at(slot);
+	if (!r) {
+		pthread_mutex_unlock(&E.mu);
+		return -ENOENT;
+	}
+	for (int i = 0; i < STAT_COUNT; i++)
+		out[i] = (double)r->stat[i];
+	pthread_mutex_unlock(&E.mu);
+	return STAT_COUNT;
+}
+
+/*
+ * Counts the pages of [first_page, first_page + page_count) in the given state. Returns the
+ * count, or -ENOENT / -EINVAL.
+ */
+int64_t umap_region_count_state(uint32_t slot, uint64_t first_page, uint64_t page_count,
+				uint32_t state)
+{
+	pthread_mutex_lock(&E.mu);
+	struct region *r = region_at(slot);
+	int64_t count = 0;
+	if (!r)
+		count = -ENOENT;
+	else if (first_page > r->page_count || page_count > r->page_count - first_page)
+		count = -EINVAL;
+	else
+		for (uint64_t p = first_page; p < first_page + page_count; p++)
+			count += r->state[p] == state;
+	pthread_mutex_unlock(&E.mu);
+	return count;
+}
+
+/*
+ * Asks for every page of the range to be filled. Returns a ticket (> 0): the worker that
+ * completes the ticket's last request reports it. -ENOENT, -EINVAL, or -EAGAIN when too many
+ * prefetches are pending (try again after one completes).
+ */
+int64_t umap_region_prefetch(uint32_t slot, uint64_t first_page, uint64_t page_count)
+{
+	pthread_mutex_lock(&E.mu);
+	struct region *r = region_at(slot);
+	int64_t result = 0;
+	if (!r || r->closing)
+		result = -ENOENT;
+	else if (first_page > r->page_count || page_count > r->page_count - first_page)
+		result = -EINVAL;
+	else if (E.command_count == UMAP_COMMANDS_MAX)
+		result = -EAGAIN;
+	if (result == 0) {
+		uint32_t ticket = 1;
+		while (ticket < UMAP_TICKETS_MAX && E.tickets[ticket].used)
+			ticket++;
+		if (ticket == UMAP_TICKETS_MAX) {
+			result = -EAGAIN;
+		} else {
+			memset(&E.tickets[ticket], 0, sizeof E.tickets[ticket]);
+			E.tickets[ticket].used = 1;
+			E.commands[E.command_count++] = (struct command){
+				.slot = slot,
+				.ticket = ticket,
+				.first_page = first_page,
+				.page_count = page_count,
+			};
+			result = ticket;
+		}
+	}
+	pthread_mutex_unlock(&E.mu);
+	if (result > 0)
+		poke_monitor();
+	return result;
+}
+
+/*
+ * Takes a completed ticket's outcome and frees the ticket: copies the first error message (if
+ * any) into buf and returns its length, 0 if the ticket succeeded, or -EINVAL for a ticket that
+ * is not complete.
+ */
+int64_t umap_ticket_take(uint32_t ticket, char *buf, uint64_t capacity)
+{
+	pthread_mutex_lock(&E.mu);
+	int64_t result = -EINVAL;
+	if (ticket > 0 && ticket < UMAP_TICKETS_MAX && E.tickets[ticket].used &&
+	    E.tickets[ticket].pending == 0) {
+		struct ticket *t = &E.tickets[ticket];
+		result = 0;
+		if (t->failed) {
+			uint64_t len = strnlen(t->error, sizeof t->error);
+			len = min_u64(len, capacity);
+			memcpy(buf, t->error, len);
+			result = len ? (int64_t)len : 1;
+		}
+		t->used = 0;
+	}
+	pthread_mutex_unlock(&E.mu);
+	return result;
+}
+
+/*
+ * First step of releasing a region: new faults and prefetches on it are refused and queued
+ * requests for it are dropped. Returns the number of its pages still being filled (wait for 0
+ * with umap_region_inflight(), then call umap_region_release()), or -ENOENT.
+ */
+int64_t umap_region_close_begin(uint32_t slot)
+{
+	pthread_mutex_lock(&E.mu);
+	struct region *r = region_at(slot);
+	if (!r) {
+		pthread_mutex_unlock(&E.mu);
+		return -ENOENT;
+	}
+	r->closing = 1;
+	/* Drop its queued requests; tickets they counted towards are settled by their markers. */
+	uint32_t kept = 0;
+	for (uint32_t i = 0; i < E.queue_count; i++) {
+		struct request req = E.queue[(E.queue_head + i) % UMAP_QUEUE_MAX];
+		if (req.slot == slot && req.page_count > 0) {
+			for (uint64_t p = req.first_page; p < req.first_page + req.page_count; p++)
+				r->state[p] = PAGE_EMPTY;
+			r->inflight_pages -= req.page_count;
+			r->stat[STAT_RESIDENT_PAGES] -= req.page_count;
+			E.resident_bytes -= req.page_count * r->page_size;
+			if (req.ticket)
+				E.tickets[req.ticket].pending--;
+			continue;
+		}
+		E.queue[(E.queue_head + kept++) % UMAP_QUEUE_MAX] = req;
+	}
+	E.queue_count = kept;
+	pthread_cond_broadcast(&E.space_cv);
+	int64_t inflight = (int64_t)r->inflight_pages;
+	pthread_mutex_unlock(&E.mu);
+	return inflight;
+}
+
+/* Pages of the region still being filled by workers, or -ENOENT. */
+int64_t umap_region_inflight(uint32_t slot)
+{
+	pthread_mutex_lock(&E.mu);
+	struct region *r = region_at(slot);
+	int64_t inflight = r ? (int64_t)r->inflight_pages : -ENOENT;
+	pthread_mutex_unlock(&E.mu);
+	return inflight;
+}
+
+/*
+ * Unregisters and unmaps a closing region with no fills in flight, and frees its slot. Returns
+ * 0, -ENOENT, or -EBUSY (not closing, or fills still in flight).
+ */
+int umap_region_release(uint32_t slot)
+{
+	pthread_mutex_lock(&E.mu);
+	struct region *r = region_at(slot);
+	if (!r) {
+		pthread_mutex_unlock(&E.mu);
+		return -ENOENT;
+	}
+	if (!r->closing || r->inflight_pages > 0) {
+		pthread_mutex_unlock(&E.mu);
+		return -EBUSY;
+	}
+	struct uffdio_range range = { .start = (uint64_t)(uintptr_t)r->base, .len = r->mapped_bytes };
+	/* Unregistering wakes any thread still parked on the range; it then faults on ordinary
+	 * anonymous memory, or (after munmap) gets SIGSEGV, as with any unmapped memory. */
+	ioctl(E.uffd, UFFDIO_UNREGISTER, &range);
+	munmap(r->base, r->mapped_bytes);
+	UMAP_ASSERT(E.resident_bytes >= r->stat[STAT_RESIDENT_PAGES] * r->page_size);
+	E.resident_bytes -= r->stat[STAT_RESIDENT_PAGES] * r->page_size;
+	fifo_forget_slot(slot);
+	sorted_remove(slot);
+	free(r->state);
+	free(r->descriptor);
+	r->state = NULL;
+	r->descriptor = NULL;
+	r->live = 0;
+	r->closing = 0;
+	pthread_cond_broadcast(&E.space_cv);
+	pthread_mutex_unlock(&E.mu);
+	return 0;
+}
+
+/* ---------------------------------------------------------------- workers */
+
+/* Order and meaning of the numbers umap_worker_next() writes; src/fill-worker.ts reads them. */
+enum worker_field {
+	REQ_SLOT,
+	REQ_GENERATION,
+	REQ_BYTE_OFFSET,  /* of the first page, in the region (and so in the store) */
+	REQ_BYTE_LENGTH,  /* 0 for a ticket marker */
+	REQ_STAGING,      /* address of the worker's staging buffer */
+	REQ_STAGING_BYTES,
+	REQ_TICKET,
+	REQ_FAULTED,      /* 1 if a thread faulted on the request's first page */
+	REQ_FIELDS
+};
+
+/* Claims a worker slot for the running engine. Returns its id, -ENOSPC, or -ESHUTDOWN. */
+int umap_worker_register(void)
+{
+	pthread_mutex_lock(&E.mu);
+	if (!E.running || E.stopping) {
+		pthread_mutex_unlock(&E.mu);
+		return -ESHUTDOWN;
+	}
+	int id = 0;
+	while (id < UMAP_WORKERS_MAX && E.workers[id].used)
+		id++;
+	if (id == UMAP_WORKERS_MAX) {
+		pthread_mutex_unlock(&E.mu);
+		return -ENOSPC;
+	}
+	E.workers[id].used = 1;
+	E.workers[id].busy = 0;
+	E.workers[id].epoch = E.epoch;
+	pthread_mutex_unlock(&E.mu);
+	return id;
+}
+
+/* Frees a worker slot and its staging buffer (the worker must not be busy). Returns 0/-EINVAL. */
+int umap_worker_unregister(int id)
+{
+	if (id < 0 || id >= UMAP_WORKERS_MAX)
+		return -EINVAL;
+	pthread_mutex_lock(&E.mu);
+	struct worker *w = &E.workers[id];
+	if (!w->used || w->busy) {
+		pthread_mutex_unlock(&E.mu);
+		return -EINVAL;
+	}
+	if (w->staging)
+		munmap(w->staging, w->staging_bytes);
+	memset(w, 0, sizeof *w);
+	pthread_mutex_unlock(&E.mu);
+	return 0;
+}
+
+/*
+ * Blocks until a fill request is ready, then writes it to out (enum worker_field order, as
+ * doubles) and returns 1; returns 0 when the engine stops, -EINVAL for a bad id or a worker
+ * that has not completed its previous request, -ENOMEM if its staging buffer cannot grow.
+ */
+int umap_worker_next(int id, double *out)
+{
+	if (id < 0 || id >= UMAP_WORKERS_MAX)
+		return -EINVAL;
+	pthread_mutex_lock(&E.mu);
+	struct worker *w = &E.workers[id];
+	if (!w->used || w->busy) {
+		pthread_mutex_unlock(&E.mu);
+		return -EINVAL;
+	}
+	while (!E.stopping && w->epoch == E.epoch && E.queue_count == 0)
+		pthread_cond_wait(&E.work_cv, &E.mu);
+	if (E.stopping || w->epoch != E.epoch) {
+		pthread_mutex_unlock(&E.mu);
+		return 0;
+	}
+	struct request req = E.queue[E.queue_head];
+	E.queue_head = (E.queue_head + 1) % UMAP_QUEUE_MAX;
+	E.queue_count--;
+	pthread_cond_broadcast(&E.space_cv); /* the queue has room again */
+	struct region *r = &E.regions[req.slot];
+	uint64_t bytes = req.page_count * r->page_size;
+	if (bytes > w->staging_bytes) {
+		uint64_t grown = bytes < UMAP_BATCH_BYTES_MAX ? UMAP_BATCH_BYTES_MAX : bytes;
+		char *staging = mmap(NULL, grown, PROT_READ | PROT_WRITE,
+				     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (staging == MAP_FAILED) {
+			/* Put the request back for a worker that has room. */
+			E.queue_head = (E.queue_head + UMAP_QUEUE_MAX - 1) % UMAP_QUEUE_MAX;
+			E.queue[E.queue_head] = req;
+			E.queue_count++;
+			pthread_mutex_unlock(&E.mu);
+			return -ENOMEM;
+		}
+		if (w->staging)
+			munmap(w->staging, w->staging_bytes);
+		w->staging = staging;
+		w->staging_bytes = grown;
+	}
+	w->busy = 1;
+	w->req = req;
+	out[REQ_SLOT] = req.slot;
+	out[REQ_GENERATION] = r->generation;
+	out[REQ_BYTE_OFFSET] = (double)(req.first_page * r->page_size);
+	out[REQ_BYTE_LENGTH] = (double)bytes;
+	out[REQ_STAGING] = (double)(uintptr_t)w->staging;
+	out[REQ_STAGING_BYTES] = (double)w->staging_bytes;
+	out[REQ_TICKET] = req.ticket;
+	out[REQ_FAULTED] = req.fault_page != UINT64_MAX;
+	pthread_mutex_unlock(&E.mu);
+	return 1;
+}
+
+/* Settles one request of a ticket; returns the ticket if that was its last one, else 0. */
+static uint32_t ticket_settle(uint32_t ticket, const char *error, uint64_t error_bytes)
+{
+	if (!ticket)
+		return 0;
+	struct ticket *t = &E.tickets[ticket];
+	UMAP_ASSERT(t->used && t->pending > 0);
+	if (error && !t->failed) {
+		t->failed = 1;
+		uint64_t len = min_u64(error_bytes, sizeof t->error - 1);
+		memcpy(t->error, error, len);
+		t->error[len] = 0;
+	}
+	return --t->pending == 0 ? ticket : 0;
+}
+
+/*
+ * Completes the worker's current request. With status 0 the staging buffer holds the bytes of
+ * every page of the request: they are installed and the waiting threads woken. With status < 0
+ * the store failed for good (error names why): the faulting page is poisoned, so the access
+ * that needed it gets SIGBUS instead of wrong bytes, and the rest return to EMPTY and their
+ * waiters are woken to fault again. Returns the ticket this completed (> 0; take its outcome
+ * with umap_ticket_take), 0, or -EINVAL if the worker has no request.
+ */
+int64_t umap_worker_complete(int id, int status, const char *error, uint64_t error_bytes)
+{
+	if (id < 0 || id >= UMAP_WORKERS_MAX)
+		return -EINVAL;
+	pthread_mutex_lock(&E.mu);
+	struct worker *w = &E.workers[id];
+	if (!w->used || !w->busy) {
+		pthread_mutex_unlock(&E.mu);
+		return -EINVAL;
+	}
+	struct request req = w->req;
+	struct region *r = &E.regions[req.slot];
+	uint64_t first = page_address(r, req.first_page);
+	uint64_t bytes = req.page_count * r->page_size;
+	pthread_mutex_unlock(&E.mu);
+
+	/* The pages are FILLING, so nothing else installs or evicts them, and the region cannot
+	 * be released while they are in flight: the copy can run without the lock. */
+	uint64_t races = 0;
+	int copied = 0;
+	if (req.page_count > 0 && status == 0) {
+		copied = uffd_copy(first, w->staging, bytes, &races);
+		if (copied != 0) {
+			status = copied;
+			error = "UFFDIO_COPY failed";
+			error_bytes = strlen(error);
+		}
+	}
+
+	pthread_mutex_lock(&E.mu);
+	if (req.page_count > 0) {
+		if (status == 0) {
+			for (uint64_t p = req.first_page; p < req.first_page + req.page_count; p++)
+				r->state[p] = PAGE_PRESENT;
+			r->stat[STAT_FILLS] += req.page_count;
+			r->stat[STAT_BYTES_READ] += bytes;
+			r->stat[STAT_COPY_RACES] += races;
+		} else {
+			r->stat[STAT_FILL_ERRORS]++;
+			for (uint64_t p = req.first_page; p < req.first_page + req.page_count; p++) {
+				if (p == req.fault_page &&
+				    (E.features & UFFD_FEATURE_POISON) &&
+				    uffd_poison(page_address(r, p), r->page_size) == 0) {
+					r->state[p] = PAGE_POISONED;
+					r->stat[STAT_POISONED_PAGES]++;
+				} else {
+					r->state[p] = PAGE_EMPTY;
+				}
+				E.resident_bytes -= r->page_size;
+				r->stat[STAT_RESIDENT_PAGES]--;
+			}
+			/* Threads parked on the EMPTY pages fault again and get their own request. */
+			uffd_wake(first, bytes);
+		}
+		r->inflight_pages -= req.page_count;
+	}
+	uint32_t done = ticket_settle(req.ticket, status ? error : NULL, error_bytes);
+	w->busy = 0;
+	pthread_cond_broadcast(&E.space_cv);
+	pthread_mutex_unlock(&E.mu);
+	return done;
+}
+
+/*
+ * Test hook: installs a zero page at the given page of a region without changing its state, so
+ * that the next fill of that page meets EEXIST, as when another installation wins a race.
+ * Returns 0 or -errno.
+ */
+int umap_test_preinstall_zero_page(uint32_t slot, uint64_t page)
+{
+	pthread_mutex_lock(&E.mu);
+	struct region *r = region_at(slot);
+	int result = -ENOENT;
+	if (r && page < r->page_count) {
+		struct uffdio_zeropage zero = {
+			.range = { .start = page_address(r, page), .len = UMAP_SYSTEM_PAGE },
+			.mode = UFFDIO_ZEROPAGE_MODE_DONTWAKE,
+		};
+		result = ioctl(E.uffd, UFFDIO_ZEROPAGE, &zero) ? -errno : 0;
+	}
+	pthread_mutex_unlock(&E.mu);
+	return result;
+}
+
+/* The system page size in bytes. */
+int64_t umap_system_page_size(void)
+{
+	return sysconf(_SC_PAGESIZE);
+}

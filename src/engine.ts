@@ -1,0 +1,243 @@
+/**
+ * The engine on the main thread: starts the C fault engine and its fill workers on the first
+ * umap(), keeps the settings every region shares, turns prefetch tickets into promises, and
+ * stops everything when the last region is released, so a script that closes its regions
+ * exits on its own.
+ */
+import { Worker } from "node:worker_threads";
+import { ErrorCode, UmapError, engineError, errnoName } from "./errors.ts";
+import type { FillWorkerData, FillWorkerMessage } from "./fill-worker.ts";
+import { loadNative, type Native } from "./native.ts";
+import type { EngineSettings, ExplicitSettings } from "./options.ts";
+
+/** How long a new worker may take to load before umap() gives up on it. */
+const WORKER_START_TIMEOUT_MS = 30_000;
+/** How long stopping waits for a worker to leave on its own before terminating it. */
+const WORKER_EXIT_TIMEOUT_MS = 5_000;
+
+const OPEN_MODES = ["none", "userfaultfd(2)", "/dev/userfaultfd", "userfaultfd(2) user-mode-only"] as const;
+
+interface Ticket {
+  resolve(): void;
+  reject(error: Error): void;
+  describe: string;
+}
+
+export class Engine {
+  static #current: Engine | undefined;
+  static #starting: Promise<Engine> | undefined;
+
+  readonly native: Native;
+  /** userfaultfd features granted (UFFD_FEATURE_* bits). */
+  readonly features: number;
+  /** How the userfaultfd was opened. */
+  readonly openMode: (typeof OPEN_MODES)[number];
+  readonly systemPageSize: number;
+  settings: EngineSettings;
+  readonly #workers: Worker[] = [];
+  readonly #tickets = new Map<number, Ticket>();
+  readonly #regions = new Set<number>();
+  #stopping: Promise<void> | undefined;
+
+  private constructor(native: Native, features: number, settings: EngineSettings) {
+    this.native = native;
+    this.features = features;
+    this.openMode = OPEN_MODES[native.umap_engine_open_mode()] ?? "none";
+    this.systemPageSize = native.umap_system_page_size();
+    this.settings = settings;
+  }
+
+  /** The system page size, without starting the engine. */
+  static systemPageSize(): number {
+    return loadNative().native.umap_system_page_size();
+  }
+
+  /**
+   * The running engine, started with `settings` if it was not running. A running engine takes
+   * the settings the caller chose explicitly: the buffer is resized and the pools grow.
+   */
+  static async acquire(settings: EngineSettings, explicit: ExplicitSettings): Promise<Engine> {
+    while (Engine.#starting) await Engine.#starting.catch(() => {});
+    const running = Engine.#current;
+    if (running && !running.#stopping) {
+      await running.#reconfigure(settings, explicit);
+      return running;
+    }
+    if (running?.#stopping) await running.#stopping;
+    Engine.#starting = Engine.#start(settings);
+    try {
+      return await Engine.#starting;
+    } finally {
+      Engine.#starting = undefined;
+    }
+  }
+
+  static async #start(settings: EngineSettings): Promise<Engine> {
+    const { native, addresses } = loadNative();
+    const features = native.umap_engine_start(0);
+    if (features < 0) throw unsupportedError(native, features);
+    const engine = new Engine(native, features, settings);
+    try {
+      engine.#configure(settings);
+      await engine.#addWorkers(settings.fillers, { addresses });
+    } catch (error) {
+      await engine.#shutdown();
+      throw error;
+    }
+    Engine.#current = engine;
+    return engine;
+  }
+
+  /** Largest page size among live regions, which the buffer must always be able to hold. */
+  #largestPageSize = new Map<number, number>();
+
+  async #reconfigure(settings: EngineSettings, explicit: ExplicitSettings): Promise<void> {
+    const next: EngineSettings = { ...this.settings };
+    for (const key of Object.keys(explicit) as (keyof EngineSettings)[]) {
+      if (explicit[key]) next[key] = settings[key];
+    }
+    const largest = Math.max(0, ...this.#largestPageSize.values());
+    if (next.bufferBytes < largest) {
+      throw new UmapError(
+        ErrorCode.INVALID_ARGUMENT,
+        `option bufferSize (${next.bufferBytes} bytes) is smaller than a page of an open region (${largest} bytes)`,
+      );
+    }
+    this.#configure(next);
+    if (next.fillers > this.#workers.length) {
+      await this.#addWorkers(next.fillers - this.#workers.length, { addresses: loadNative().addresses });
+    }
+    this.settings = { ...next, fillers: Math.max(next.fillers, this.#workers.length) };
+  }
+
+  #configure(settings: EngineSettings): void {
+    const result = this.native.umap_engine_configure(
+      settings.bufferBytes,
+      settings.highWaterPercent,
+      settings.lowWaterPercent,
+      settings.maxFaultEvents,
+    );
+    if (result < 0) throw engineError(result, "configuring the page buffer", ErrorCode.INVALID_ARGUMENT);
+  }
+
+  async #addWorkers(count: number, data: FillWorkerData): Promise<void> {
+    const started: Promise<void>[] = [];
+    for (let i = 0; i < count; i++) {
+      const worker = new Worker(new URL("./fill-worker.ts", import.meta.url), { workerData: data });
+      this.#workers.push(worker);
+      started.push(this.#watchWorker(worker));
+    }
+    await Promise.all(started);
+  }
+
+  /** Resolves once the worker has registered with the engine; routes its later messages. */
+  #watchWorker(worker: Worker): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        reject(new UmapError(ErrorCode.INTERNAL, `a fill worker did not start within ${WORKER_START_TIMEOUT_MS} ms`));
+      }, WORKER_START_TIMEOUT_MS);
+      worker.on("message", (message: FillWorkerMessage) => {
+        if (message.type === "ready") {
+          clearTimeout(timer);
+          worker.unref();
+          resolve();
+        } else if (message.type === "failed") {
+          clearTimeout(timer);
+          reject(new UmapError(ErrorCode.INTERNAL, `a fill worker could not start: ${message.error}`));
+        } else if (message.type === "ticket") {
+          this.#settleTicket(message.ticket, message.error);
+        }
+      });
+      worker.on("error", (error) => {
+        clearTimeout(timer);
+        reject(new UmapError(ErrorCode.INTERNAL, `a fill worker failed: ${error.message}`, { cause: error }));
+      });
+    });
+  }
+
+  addRegion(slot: number, pageSize: number): void {
+    this.#regions.add(slot);
+    this.#largestPageSize.set(slot, pageSize);
+  }
+
+  /** Forgets a released region; the last one stops the engine. */
+  async removeRegion(slot: number): Promise<void> {
+    this.#regions.delete(slot);
+    this.#largestPageSize.delete(slot);
+    await this.stopIfIdle();
+  }
+
+  /** Stops the engine if no region is live. */
+  async stopIfIdle(): Promise<void> {
+    if (this.#regions.size === 0 && Engine.#current === this) {
+      Engine.#current = undefined;
+      await this.#shutdown();
+    }
+  }
+
+  /** A promise for a prefetch ticket, settled when its last request completes. */
+  waitForTicket(ticket: number, describe: string): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.#tickets.set(ticket, { resolve, reject, describe });
+      // Pending prefetches keep the process alive: the worker that will report them does.
+      if (this.#tickets.size === 1) this.#workers[0]?.ref();
+    });
+  }
+
+  #settleTicket(ticket: number, error: string | null): void {
+    const waiter = this.#tickets.get(ticket);
+    if (!waiter) return;
+    this.#tickets.delete(ticket);
+    if (this.#tickets.size === 0) this.#workers[0]?.unref();
+    if (error === null) waiter.resolve();
+    else waiter.reject(new UmapError(ErrorCode.STORE, `${waiter.describe}: ${error}`));
+  }
+
+  #shutdown(): Promise<void> {
+    this.#stopping ??= (async () => {
+      const stopped = this.native.umap_engine_stop();
+      if (stopped < 0 && stopped !== -114 /* EALREADY */) {
+        throw engineError(stopped, "stopping the fault engine");
+      }
+      for (const [ticket, waiter] of this.#tickets) {
+        this.#tickets.delete(ticket);
+        waiter.reject(new UmapError(ErrorCode.CLOSED, `${waiter.describe}: the region was closed`));
+      }
+      await Promise.all(this.#workers.map((worker) => waitForExit(worker)));
+      this.#workers.length = 0;
+    })();
+    return this.#stopping;
+  }
+}
+
+function waitForExit(worker: Worker): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const timer = setTimeout(() => {
+      void worker.terminate().finally(resolve);
+    }, WORKER_EXIT_TIMEOUT_MS);
+    worker.once("exit", () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    worker.unref();
+  });
+}
+
+function unsupportedError(native: Native, result: number): UmapError {
+  const tried = ["userfaultfd(2)", "/dev/userfaultfd", "userfaultfd(2) with UFFD_USER_MODE_ONLY"]
+    .map((way, i) => {
+      const errno = native.umap_engine_open_errno(i);
+      return errno ? `${way}: ${errnoName(errno)}` : undefined;
+    })
+    .filter(Boolean)
+    .join(", ");
+  const advice =
+    result === -38 /* ENOSYS */
+      ? "this kernel was built without userfaultfd (CONFIG_USERFAULTFD); bun-umap needs Linux 5.7 or newer with it"
+      : "run as root, or allow unprivileged use with `sysctl vm.unprivileged_userfaultfd=1`, or give this user " +
+        "read-write access to /dev/userfaultfd (Linux 6.1+); in a container, also allow the userfaultfd syscall " +
+        "in its seccomp profile (see the README's Requirements)";
+  return new UmapError(ErrorCode.UNSUPPORTED, `userfaultfd is not available (${tried || errnoName(result)}): ${advice}`, {
+    cause: Object.assign(new Error(errnoName(result)), { errno: result }),
+  });
+}

@@ -1,0 +1,100 @@
+/**
+ * The only module that loads native code. The main thread compiles csrc/umap.c once with
+ * bun:ffi's `cc`; fill workers bind the same compiled functions by address (`linkSymbols`),
+ * because every `cc()` call would be a separate copy with its own globals.
+ */
+import { cc, linkSymbols, type FFIFunction, type Pointer } from "bun:ffi";
+
+const symbols = {
+  umap_engine_start: { args: ["u64"], returns: "i64_fast" },
+  umap_engine_open_mode: { args: [], returns: "i32" },
+  umap_engine_open_errno: { args: ["i32"], returns: "i32" },
+  umap_engine_configure: { args: ["u64", "u32", "u32", "u32"], returns: "i32" },
+  umap_engine_stop: { args: [], returns: "i32" },
+  umap_engine_resident_bytes: { args: [], returns: "i64_fast" },
+  umap_engine_stray_faults: { args: [], returns: "i64_fast" },
+  umap_system_page_size: { args: [], returns: "i64_fast" },
+  umap_region_create: { args: ["u64", "u64", "i64", "ptr", "u64"], returns: "i64_fast" },
+  umap_region_base: { args: ["u32"], returns: "ptr" },
+  umap_region_generation: { args: ["u32"], returns: "i64_fast" },
+  umap_region_descriptor: { args: ["u32", "u32", "ptr", "u64"], returns: "i64_fast" },
+  umap_region_stats: { args: ["u32", "ptr"], returns: "i32" },
+  umap_region_count_state: { args: ["u32", "u64", "u64", "u32"], returns: "i64_fast" },
+  umap_region_prefetch: { args: ["u32", "u64", "u64"], returns: "i64_fast" },
+  umap_region_close_begin: { args: ["u32"], returns: "i64_fast" },
+  umap_region_inflight: { args: ["u32"], returns: "i64_fast" },
+  umap_region_release: { args: ["u32"], returns: "i32" },
+  umap_ticket_take: { args: ["u32", "ptr", "u64"], returns: "i64_fast" },
+  umap_worker_register: { args: [], returns: "i32" },
+  umap_worker_unregister: { args: ["i32"], returns: "i32" },
+  umap_worker_next: { args: ["i32", "ptr"], returns: "i32" },
+  umap_worker_complete: { args: ["i32", "i32", "ptr", "u64"], returns: "i64_fast" },
+  umap_test_preinstall_zero_page: { args: ["u32", "u64"], returns: "i32" },
+} as const satisfies Record<string, FFIFunction>;
+
+type Symbols = typeof symbols;
+type NativeFn<F extends FFIFunction> = (...args: any[]) => F["returns"] extends "ptr" ? Pointer | null : number;
+export type Native = { [K in keyof Symbols]: NativeFn<Symbols[K]> };
+/** Function addresses of the compiled engine, handed to workers (numbers survive postMessage). */
+export type NativeAddresses = { [K in keyof Symbols]: number };
+
+/** Page states as the engine keeps them (csrc/umap.c, enum page_state). */
+export const PageState = { EMPTY: 0, FILLING: 1, PRESENT: 2, POISONED: 3 } as const;
+
+/** The order of umap_region_stats() (csrc/umap.c, enum region_stat). */
+export const REGION_STAT_FIELDS = [
+  "faults",
+  "duplicateFaults",
+  "fills",
+  "fillRequests",
+  "readAheadPages",
+  "prefetchPages",
+  "evictions",
+  "residentPages",
+  "bytesRead",
+  "fillErrors",
+  "poisonedPages",
+  "copyRaces",
+] as const;
+
+/** The order of umap_worker_next()'s output (csrc/umap.c, enum worker_field). */
+export const RequestField = {
+  SLOT: 0,
+  GENERATION: 1,
+  BYTE_OFFSET: 2,
+  BYTE_LENGTH: 3,
+  STAGING: 4,
+  STAGING_BYTES: 5,
+  TICKET: 6,
+  FAULTED: 7,
+  COUNT: 8,
+} as const;
+
+export const SOURCE_PATH = new URL("../csrc/umap.c", import.meta.url).pathname;
+
+let compiled: { native: Native; addresses: NativeAddresses; library: unknown } | undefined;
+
+/** Compiles the engine (once per process, on the main thread) and returns its functions. */
+export function loadNative(): { native: Native; addresses: NativeAddresses } {
+  if (!compiled) {
+    const library = cc({ source: SOURCE_PATH, symbols });
+    const addresses = {} as Record<string, number>;
+    for (const name of Object.keys(symbols)) {
+      addresses[name] = Number((library.symbols as Record<string, { ptr: Pointer }>)[name]!.ptr);
+    }
+    // Kept for the life of the process: the workers call into this copy by address.
+    compiled = { native: library.symbols as unknown as Native, addresses: addresses as NativeAddresses, library };
+  }
+  return compiled;
+}
+
+/** Binds the engine's functions by address, in a worker thread. */
+export function linkNative(addresses: NativeAddresses): Native {
+  const definitions = {} as Record<string, FFIFunction & { ptr: Pointer }>;
+  for (const [name, definition] of Object.entries(symbols)) {
+    definitions[name] = { ...definition, ptr: addresses[name as keyof Symbols] as unknown as Pointer } as FFIFunction & {
+      ptr: Pointer;
+    };
+  }
+  return linkSymbols(definitions).symbols as unknown as Native;
+}

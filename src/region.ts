@@ -1,0 +1,200 @@
+/**
+ * Region: the mapped memory of one store, filled on demand by the engine.
+ */
+import { toArrayBuffer, type Pointer } from "bun:ffi";
+import { Engine } from "./engine.ts";
+import { ErrorCode, UmapError, engineError, invalidArgument } from "./errors.ts";
+import { PageState, REGION_STAT_FIELDS } from "./native.ts";
+import type { StoreInstance } from "./store.ts";
+
+/** JavaScriptCore's limit for one ArrayBuffer: larger regions are read through view(). */
+export const MAX_VIEW_BYTES = 2 ** 32;
+/** How often close() and prefetch() look again at fills still in flight. */
+const POLL_INTERVAL_MS = 1;
+const EAGAIN = -11;
+
+export type RegionStats = { [K in (typeof REGION_STAT_FIELDS)[number]]: number } & {
+  writebacks: number;
+  bytesWritten: number;
+};
+
+export class Region {
+  /** Bytes of the store: not rounded up to a page. */
+  readonly byteLength: number;
+  readonly pageSize: number;
+  /** The region's first byte, for sharing it with other threads (bun:ffi `toArrayBuffer`). */
+  readonly address: number;
+  /** Names the store in messages. */
+  readonly label: string;
+  readonly #engine: Engine;
+  readonly #slot: number;
+  readonly #ownedStore: StoreInstance | undefined;
+  /** Every ArrayBuffer handed out over region memory: close() detaches them. */
+  readonly #buffers: WeakRef<ArrayBuffer>[] = [];
+  #bytes: Uint8Array | undefined;
+  #closing: Promise<void> | undefined;
+  readonly #statsOut = new Float64Array(REGION_STAT_FIELDS.length);
+
+  /** @internal Regions are made by umap(). */
+  constructor(init: {
+    engine: Engine;
+    slot: number;
+    label: string;
+    byteLength: number;
+    pageSize: number;
+    /** A store umap() opened for this region, closed with it. */
+    ownedStore: StoreInstance | undefined;
+  }) {
+    this.#engine = init.engine;
+    this.#slot = init.slot;
+    this.#ownedStore = init.ownedStore;
+    this.label = init.label;
+    this.byteLength = init.byteLength;
+    this.pageSize = init.pageSize;
+    const base = init.engine.native.umap_region_base(init.slot);
+    if (base === null) throw new UmapError(ErrorCode.INTERNAL, `region ${init.label}: the engine lost its memory`);
+    this.address = Number(base);
+  }
+
+  /** The whole region as bytes (regions up to 4 GiB; use view() beyond). */
+  get bytes(): Uint8Array {
+    this.#checkOpen("bytes");
+    if (this.byteLength > MAX_VIEW_BYTES) {
+      throw new UmapError(
+        ErrorCode.UNSUPPORTED,
+        `region ${this.label} is ${this.byteLength} bytes: one array can hold at most ${MAX_VIEW_BYTES}; use view(byteOffset, byteLength)`,
+      );
+    }
+    this.#bytes ??= new Uint8Array(this.#arrayBuffer(0, this.byteLength));
+    return this.#bytes;
+  }
+
+  /** Bytes [byteOffset, byteOffset + byteLength) of the region, at most 4 GiB at a time. */
+  view(byteOffset: number, byteLength: number): Uint8Array {
+    this.#checkOpen("view");
+    this.#checkRange("view", byteOffset, byteLength);
+    if (byteLength > MAX_VIEW_BYTES) {
+      invalidArgument(`region ${this.label}: view of ${byteLength} bytes is over the ${MAX_VIEW_BYTES}-byte limit of one array`);
+    }
+    if (this.byteLength <= MAX_VIEW_BYTES) return this.bytes.subarray(byteOffset, byteOffset + byteLength);
+    return new Uint8Array(this.#arrayBuffer(byteOffset, byteLength));
+  }
+
+  /**
+   * Fills every page of the range and resolves once each has been filled (pages may be evicted
+   * again later under buffer pressure). Rejects with ERR_UMAP_STORE if the store fails. The
+   * range must fit below the buffer's low-water mark.
+   */
+  async prefetch(byteOffset: number, byteLength: number): Promise<void> {
+    this.#checkOpen("prefetch");
+    this.#checkRange("prefetch", byteOffset, byteLength);
+    if (byteLength === 0) return;
+    const firstPage = Math.floor(byteOffset / this.pageSize);
+    const pageCount = Math.ceil((byteOffset + byteLength) / this.pageSize) - firstPage;
+    const settings = this.#engine.settings;
+    const lowWaterBytes = Math.floor((settings.bufferBytes * settings.lowWaterPercent) / 100);
+    if (pageCount * this.pageSize > lowWaterBytes) {
+      invalidArgument(
+        `region ${this.label}: prefetch of ${pageCount} pages (${pageCount * this.pageSize} bytes) cannot be resident at once: ` +
+          `the buffer's low-water mark is ${lowWaterBytes} bytes; prefetch in smaller windows`,
+      );
+    }
+    const native = this.#engine.native;
+    let ticket: number;
+    while ((ticket = native.umap_region_prefetch(this.#slot, firstPage, pageCount)) === EAGAIN) {
+      await Bun.sleep(POLL_INTERVAL_MS);
+    }
+    if (ticket < 0) throw engineError(ticket, `prefetch of region ${this.label}`);
+    await this.#engine.waitForTicket(ticket, `prefetch of ${this.label} at byte offset ${byteOffset}`);
+    // Pages that other requests were already filling when the prefetch began are not part of
+    // its ticket: wait for them too.
+    while (native.umap_region_count_state(this.#slot, firstPage, pageCount, PageState.FILLING) > 0) {
+      await Bun.sleep(POLL_INTERVAL_MS);
+    }
+  }
+
+  /** Writes every dirty page back and flushes the store (read-only regions have none). */
+  async flush(): Promise<void> {
+    this.#checkOpen("flush");
+  }
+
+  /**
+   * Releases the region: detaches every view it handed out (they read as empty afterwards),
+   * unmaps its memory and closes the store. Idempotent.
+   */
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  stats(): RegionStats {
+    this.#checkOpen("stats");
+    const result = this.#engine.native.umap_region_stats(this.#slot, this.#statsOut);
+    if (result < 0) throw engineError(result, `stats of region ${this.label}`);
+    const stats = { writebacks: 0, bytesWritten: 0 } as RegionStats;
+    REGION_STAT_FIELDS.forEach((name, i) => {
+      stats[name] = this.#statsOut[i]!;
+    });
+    return stats;
+  }
+
+  /** @internal The engine's slot of this region (tests use it with the engine's hooks). */
+  get slot(): number {
+    return this.#slot;
+  }
+
+  get closed(): boolean {
+    return this.#closing !== undefined;
+  }
+
+  async #close(): Promise<void> {
+    const native = this.#engine.native;
+    const begun = native.umap_region_close_begin(this.#slot);
+    if (begun < 0) throw engineError(begun, `closing region ${this.label}`);
+    while (native.umap_region_inflight(this.#slot) > 0) await Bun.sleep(POLL_INTERVAL_MS);
+    // Detach before unmapping: a view kept past close() then reads as empty instead of
+    // touching unmapped memory.
+    for (const ref of this.#buffers) ref.deref()?.transfer(0);
+    this.#buffers.length = 0;
+    this.#bytes = undefined;
+    const released = native.umap_region_release(this.#slot);
+    if (released < 0) throw engineError(released, `releasing region ${this.label}`);
+    try {
+      await this.#ownedStore?.close?.();
+    } finally {
+      await this.#engine.removeRegion(this.#slot);
+    }
+  }
+
+  #arrayBuffer(byteOffset: number, byteLength: number): ArrayBuffer {
+    const buffer = toArrayBuffer((this.address + byteOffset) as unknown as Pointer, 0, byteLength);
+    if (this.#buffers.length >= 1024) {
+      const live = this.#buffers.filter((ref) => ref.deref() !== undefined);
+      this.#buffers.splice(0, this.#buffers.length, ...live);
+    }
+    this.#buffers.push(new WeakRef(buffer));
+    return buffer;
+  }
+
+  #checkOpen(method: string): void {
+    if (this.#closing) throw new UmapError(ErrorCode.CLOSED, `region ${this.label} is closed: cannot use ${method}()`);
+  }
+
+  #checkRange(method: string, byteOffset: number, byteLength: number): void {
+    if (!Number.isSafeInteger(byteOffset) || byteOffset < 0) {
+      invalidArgument(`region ${this.label}: ${method}() byteOffset must be a whole number >= 0, got ${String(byteOffset)}`);
+    }
+    if (!Number.isSafeInteger(byteLength) || byteLength < 0) {
+      invalidArgument(`region ${this.label}: ${method}() byteLength must be a whole number >= 0, got ${String(byteLength)}`);
+    }
+    if (byteOffset + byteLength > this.byteLength) {
+      invalidArgument(
+        `region ${this.label}: ${method}() range [${byteOffset}, ${byteOffset + byteLength}) is past its end (${this.byteLength} bytes)`,
+      );
+    }
+  }
+}
