@@ -217,20 +217,21 @@ static int uffd_wake(uint64_t start, uint64_t len)
 }
 
 /*
- * Installs len bytes from src at dst and wakes the threads waiting there. EEXIST means another
- * installation won for one system page: that page is skipped and counted, since its bytes are
- * already there. EAGAIN (the mm changed under us) is retried from where the kernel stopped.
+ * Installs len bytes from src at dst without waking anyone: the caller records the pages as
+ * present first and then wakes the range, so a woken thread never sees counters or states that
+ * lag behind the memory. EEXIST means another installation won for one system page: that page
+ * is skipped and counted, since its bytes are already there. EAGAIN (the address space changed
+ * under us) is retried from where the kernel stopped.
  */
 static int uffd_copy(uint64_t dst, const char *src, uint64_t len, uint64_t *races)
 {
 	uint64_t done = 0;
-	int raced = 0;
 	while (done < len) {
 		struct uffdio_copy copy = {
 			.dst = dst + done,
 			.src = (uint64_t)(uintptr_t)(src + done),
 			.len = len - done,
-			.mode = 0,
+			.mode = UFFDIO_COPY_MODE_DONTWAKE,
 		};
 		if (ioctl(E.uffd, UFFDIO_COPY, &copy) == 0) {
 			done += (uint64_t)copy.copy;
@@ -244,13 +245,11 @@ static int uffd_copy(uint64_t dst, const char *src, uint64_t len, uint64_t *race
 		if (err == EEXIST) {
 			done += UMAP_SYSTEM_PAGE;
 			(*races)++;
-			raced = 1;
 			continue;
 		}
 		return -err;
 	}
-	/* A page skipped for EEXIST may have waiters that the copies did not cover. */
-	return raced ? uffd_wake(dst, len) : 0;
+	return 0;
 }
 
 static int uffd_poison(uint64_t start, uint64_t len)
@@ -1356,6 +1355,7 @@ int64_t umap_worker_complete(int id, int status, const char *error, uint64_t err
 			r->stat[STAT_FILLS] += req.page_count;
 			r->stat[STAT_BYTES_READ] += bytes;
 			r->stat[STAT_COPY_RACES] += races;
+			uffd_wake(first, bytes);
 		} else {
 			r->stat[STAT_FILL_ERRORS]++;
 			for (uint64_t p = req.first_page; p < req.first_page + req.page_count; p++) {

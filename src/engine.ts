@@ -59,11 +59,10 @@ export class Engine {
   static async acquire(settings: EngineSettings, explicit: ExplicitSettings): Promise<Engine> {
     while (Engine.#starting) await Engine.#starting.catch(() => {});
     const running = Engine.#current;
-    if (running && !running.#stopping) {
+    if (running) {
       await running.#reconfigure(settings, explicit);
       return running;
     }
-    if (running?.#stopping) await running.#stopping;
     Engine.#starting = Engine.#start(settings);
     try {
       return await Engine.#starting;
@@ -148,7 +147,7 @@ export class Engine {
           this.#settleTicket(message.ticket, message.error);
         }
       });
-      worker.on("error", (error) => {
+      worker.on("error", (error: Error) => {
         clearTimeout(timer);
         reject(new UmapError(ErrorCode.INTERNAL, `a fill worker failed: ${error.message}`, { cause: error }));
       });

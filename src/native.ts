@@ -3,37 +3,39 @@
  * bun:ffi's `cc`; fill workers bind the same compiled functions by address (`linkSymbols`),
  * because every `cc()` call would be a separate copy with its own globals.
  */
-import { cc, linkSymbols, type FFIFunction, type Pointer } from "bun:ffi";
+import { cc, FFIType, linkSymbols, type FFIFunction, type Pointer } from "bun:ffi";
+
+const { i32, u32, i64, u64, i64_fast, ptr } = FFIType;
 
 const symbols = {
-  umap_engine_start: { args: ["u64"], returns: "i64_fast" },
-  umap_engine_open_mode: { args: [], returns: "i32" },
-  umap_engine_open_errno: { args: ["i32"], returns: "i32" },
-  umap_engine_configure: { args: ["u64", "u32", "u32", "u32"], returns: "i32" },
-  umap_engine_stop: { args: [], returns: "i32" },
-  umap_engine_resident_bytes: { args: [], returns: "i64_fast" },
-  umap_engine_stray_faults: { args: [], returns: "i64_fast" },
-  umap_system_page_size: { args: [], returns: "i64_fast" },
-  umap_region_create: { args: ["u64", "u64", "i64", "ptr", "u64"], returns: "i64_fast" },
-  umap_region_base: { args: ["u32"], returns: "ptr" },
-  umap_region_generation: { args: ["u32"], returns: "i64_fast" },
-  umap_region_descriptor: { args: ["u32", "u32", "ptr", "u64"], returns: "i64_fast" },
-  umap_region_stats: { args: ["u32", "ptr"], returns: "i32" },
-  umap_region_count_state: { args: ["u32", "u64", "u64", "u32"], returns: "i64_fast" },
-  umap_region_prefetch: { args: ["u32", "u64", "u64"], returns: "i64_fast" },
-  umap_region_close_begin: { args: ["u32"], returns: "i64_fast" },
-  umap_region_inflight: { args: ["u32"], returns: "i64_fast" },
-  umap_region_release: { args: ["u32"], returns: "i32" },
-  umap_ticket_take: { args: ["u32", "ptr", "u64"], returns: "i64_fast" },
-  umap_worker_register: { args: [], returns: "i32" },
-  umap_worker_unregister: { args: ["i32"], returns: "i32" },
-  umap_worker_next: { args: ["i32", "ptr"], returns: "i32" },
-  umap_worker_complete: { args: ["i32", "i32", "ptr", "u64"], returns: "i64_fast" },
-  umap_test_preinstall_zero_page: { args: ["u32", "u64"], returns: "i32" },
+  umap_engine_start: { args: [u64], returns: i64_fast },
+  umap_engine_open_mode: { args: [], returns: i32 },
+  umap_engine_open_errno: { args: [i32], returns: i32 },
+  umap_engine_configure: { args: [u64, u32, u32, u32], returns: i32 },
+  umap_engine_stop: { args: [], returns: i32 },
+  umap_engine_resident_bytes: { args: [], returns: i64_fast },
+  umap_engine_stray_faults: { args: [], returns: i64_fast },
+  umap_system_page_size: { args: [], returns: i64_fast },
+  umap_region_create: { args: [u64, u64, i64, ptr, u64], returns: i64_fast },
+  umap_region_base: { args: [u32], returns: ptr },
+  umap_region_generation: { args: [u32], returns: i64_fast },
+  umap_region_descriptor: { args: [u32, u32, ptr, u64], returns: i64_fast },
+  umap_region_stats: { args: [u32, ptr], returns: i32 },
+  umap_region_count_state: { args: [u32, u64, u64, u32], returns: i64_fast },
+  umap_region_prefetch: { args: [u32, u64, u64], returns: i64_fast },
+  umap_region_close_begin: { args: [u32], returns: i64_fast },
+  umap_region_inflight: { args: [u32], returns: i64_fast },
+  umap_region_release: { args: [u32], returns: i32 },
+  umap_ticket_take: { args: [u32, ptr, u64], returns: i64_fast },
+  umap_worker_register: { args: [], returns: i32 },
+  umap_worker_unregister: { args: [i32], returns: i32 },
+  umap_worker_next: { args: [i32, ptr], returns: i32 },
+  umap_worker_complete: { args: [i32, i32, ptr, u64], returns: i64_fast },
+  umap_test_preinstall_zero_page: { args: [u32, u64], returns: i32 },
 } as const satisfies Record<string, FFIFunction>;
 
 type Symbols = typeof symbols;
-type NativeFn<F extends FFIFunction> = (...args: any[]) => F["returns"] extends "ptr" ? Pointer | null : number;
+type NativeFn<F extends FFIFunction> = (...args: any[]) => F["returns"] extends FFIType.ptr ? Pointer | null : number;
 export type Native = { [K in keyof Symbols]: NativeFn<Symbols[K]> };
 /** Function addresses of the compiled engine, handed to workers (numbers survive postMessage). */
 export type NativeAddresses = { [K in keyof Symbols]: number };
@@ -80,7 +82,7 @@ export function loadNative(): { native: Native; addresses: NativeAddresses } {
     const library = cc({ source: SOURCE_PATH, symbols });
     const addresses = {} as Record<string, number>;
     for (const name of Object.keys(symbols)) {
-      addresses[name] = Number((library.symbols as Record<string, { ptr: Pointer }>)[name]!.ptr);
+      addresses[name] = Number((library.symbols as unknown as Record<string, { ptr: Pointer }>)[name]!.ptr);
     }
     // Kept for the life of the process: the workers call into this copy by address.
     compiled = { native: library.symbols as unknown as Native, addresses: addresses as NativeAddresses, library };

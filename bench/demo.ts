@@ -1,0 +1,88 @@
+/**
+ * The main job: maps a real file with a page buffer much smaller than the file, computes SHA-256
+ * by reading through the mapping, and checks it against SHA-256 of the file read plainly.
+ *
+ *   bun bench/demo.ts [path] [--buffer-size BYTES] [--page-size BYTES]
+ *
+ * Without a path it maps the Bun executable that `npm install` put in node_modules (~100 MB).
+ * Exits 1 if the two digests differ.
+ */
+import { closeSync, openSync, readSync } from "node:fs";
+import { parseArgs } from "node:util";
+import { umap, type Region } from "../src/index.ts";
+
+const MiB = 1024 * 1024;
+const CHUNK_BYTES = 4 * MiB;
+
+const { values, positionals } = parseArgs({
+  args: Bun.argv.slice(2),
+  allowPositionals: true,
+  options: {
+    "buffer-size": { type: "string", default: String(16 * MiB) },
+    "page-size": { type: "string" },
+  },
+});
+const path = positionals[0] ?? process.execPath;
+const bufferSize = Number(values["buffer-size"]);
+const pageSize = values["page-size"] === undefined ? undefined : Number(values["page-size"]);
+
+function formatBytes(bytes: number): string {
+  if (bytes >= MiB) return `${(bytes / MiB).toFixed(1)} MiB`;
+  return bytes >= 1024 ? `${(bytes / 1024).toFixed(0)} KiB` : `${bytes} B`;
+}
+
+/** A progress bar on stderr when it is a terminal; nothing otherwise. */
+function progress(label: string, done: number, total: number): void {
+  if (!process.stderr.isTTY) return;
+  const width = 30;
+  const filled = Math.round((done / total) * width);
+  process.stderr.write(`\r${label} [${"#".repeat(filled)}${" ".repeat(width - filled)}] ${((done / total) * 100).toFixed(0)}%`);
+  if (done === total) process.stderr.write("\n");
+}
+
+function hashThroughMapping(region: Region): { digest: string; seconds: number } {
+  const hasher = new Bun.CryptoHasher("sha256");
+  const started = performance.now();
+  for (let offset = 0; offset < region.byteLength; offset += CHUNK_BYTES) {
+    const length = Math.min(CHUNK_BYTES, region.byteLength - offset);
+    hasher.update(region.view(offset, length));
+    progress("umap ", offset + length, region.byteLength);
+  }
+  return { digest: hasher.digest("hex"), seconds: (performance.now() - started) / 1000 };
+}
+
+function hashPlainly(file: string): { digest: string; seconds: number } {
+  const hasher = new Bun.CryptoHasher("sha256");
+  const chunk = new Uint8Array(CHUNK_BYTES);
+  const started = performance.now();
+  const fd = openSync(file, "r");
+  try {
+    for (let got; (got = readSync(fd, chunk, 0, chunk.length, null)) > 0; ) hasher.update(chunk.subarray(0, got));
+  } finally {
+    closeSync(fd);
+  }
+  return { digest: hasher.digest("hex"), seconds: (performance.now() - started) / 1000 };
+}
+
+await using region = await umap(path, { bufferSize, ...(pageSize === undefined ? {} : { pageSize }) });
+console.log(`mapped   ${path}`);
+console.log(`         ${formatBytes(region.byteLength)} in pages of ${formatBytes(region.pageSize)}, buffer ${formatBytes(bufferSize)}`);
+
+const mapped = hashThroughMapping(region);
+const plain = hashPlainly(path);
+const stats = region.stats();
+const gbPerSecond = (seconds: number) => (region.byteLength / seconds / 1e9).toFixed(2);
+
+console.log(`umap     sha256 ${mapped.digest}  ${gbPerSecond(mapped.seconds)} GB/s`);
+console.log(`plain    sha256 ${plain.digest}  ${gbPerSecond(plain.seconds)} GB/s`);
+console.log(
+  `stats    faults ${stats.faults}, fills ${stats.fills} pages in ${stats.fillRequests} reads, ` +
+    `read-ahead ${stats.readAheadPages} pages, evictions ${stats.evictions}, ` +
+    `resident ${stats.residentPages} pages (${formatBytes(stats.residentPages * region.pageSize)})`,
+);
+if (mapped.digest !== plain.digest) {
+  console.error("MISMATCH: the bytes read through the mapping differ from the file");
+  process.exitCode = 1;
+} else {
+  console.log("match    the mapping reads the file exactly");
+}
