@@ -69,6 +69,7 @@ enum region_stat {
 	STAT_BYTES_READ,        /* bytes installed from the store */
 	STAT_FILL_ERRORS,       /* requests whose store read failed */
 	STAT_POISONED_PAGES,    /* pages answered with SIGBUS after a failed fill */
+	STAT_ZEROED_PAGES,      /* pages answered with zeros after a failed fill (no UFFDIO_POISON) */
 	STAT_COPY_RACES,        /* pages UFFDIO_COPY found already installed (EEXIST) */
 	STAT_COUNT
 };
@@ -763,6 +764,12 @@ int64_t umap_engine_start(uint64_t feature_mask)
 	return (int64_t)features;
 }
 
+/* The userfaultfd features granted when the engine started (UFFD_FEATURE_* bits). */
+int64_t umap_engine_features(void)
+{
+	return (int64_t)E.features;
+}
+
 /* The way the userfaultfd was opened (enum open_mode), and errno of each way tried (index 0-2). */
 int umap_engine_open_mode(void)
 {
@@ -1294,6 +1301,33 @@ int umap_worker_next(int id, double *out)
 	return 1;
 }
 
+/*
+ * Answers a fault whose fill failed for good, so the thread neither hangs nor faults forever:
+ * with UFFDIO_POISON the page gets a poison marker (its access raises SIGBUS) and leaves the
+ * buffer; without it the page is installed as zeros (the worker has said so on stderr) and stays
+ * in the buffer, to be read again from the store once evicted. Returns 0 or -errno.
+ */
+static int answer_failed_fault(struct region *r, uint64_t page)
+{
+	uint64_t start = page_address(r, page);
+	if (E.features & UFFD_FEATURE_POISON) {
+		int poisoned = uffd_poison(start, r->page_size);
+		if (poisoned == 0) {
+			r->state[page] = PAGE_POISONED;
+			r->stat[STAT_POISONED_PAGES]++;
+			E.resident_bytes -= r->page_size;
+			r->stat[STAT_RESIDENT_PAGES]--;
+		}
+		return poisoned;
+	}
+	struct uffdio_zeropage zero = { .range = { .start = start, .len = r->page_size }, .mode = 0 };
+	if (ioctl(E.uffd, UFFDIO_ZEROPAGE, &zero))
+		return -errno;
+	r->state[page] = PAGE_PRESENT;
+	r->stat[STAT_ZEROED_PAGES]++;
+	return 0;
+}
+
 /* Settles one request of a ticket; returns the ticket if that was its last one, else 0. */
 static uint32_t ticket_settle(uint32_t ticket, const char *error, uint64_t error_bytes)
 {
@@ -1359,14 +1393,9 @@ int64_t umap_worker_complete(int id, int status, const char *error, uint64_t err
 		} else {
 			r->stat[STAT_FILL_ERRORS]++;
 			for (uint64_t p = req.first_page; p < req.first_page + req.page_count; p++) {
-				if (p == req.fault_page &&
-				    (E.features & UFFD_FEATURE_POISON) &&
-				    uffd_poison(page_address(r, p), r->page_size) == 0) {
-					r->state[p] = PAGE_POISONED;
-					r->stat[STAT_POISONED_PAGES]++;
-				} else {
-					r->state[p] = PAGE_EMPTY;
-				}
+				if (p == req.fault_page && answer_failed_fault(r, p) == 0)
+					continue;
+				r->state[p] = PAGE_EMPTY;
 				E.resident_bytes -= r->page_size;
 				r->stat[STAT_RESIDENT_PAGES]--;
 			}

@@ -73,7 +73,7 @@ export class Engine {
 
   static async #start(settings: EngineSettings): Promise<Engine> {
     const { native, addresses } = loadNative();
-    const features = native.umap_engine_start(0);
+    const features = native.umap_engine_start(featureMask());
     if (features < 0) throw unsupportedError(native, features);
     const engine = new Engine(native, features, settings);
     try {
@@ -220,6 +220,20 @@ function waitForExit(worker: Worker): Promise<void> {
     });
     worker.unref();
   });
+}
+
+/**
+ * userfaultfd features to leave off, from BUN_UMAP_MASK_FEATURES (UFFD_FEATURE_* bits, hex or
+ * decimal): a testing aid that makes this kernel stand in for an older one.
+ */
+function featureMask(): number {
+  const raw = process.env.BUN_UMAP_MASK_FEATURES;
+  if (raw === undefined || raw === "") return 0;
+  const mask = Number(raw);
+  if (!Number.isSafeInteger(mask) || mask < 0) {
+    throw new UmapError(ErrorCode.INVALID_ARGUMENT, `environment variable BUN_UMAP_MASK_FEATURES must be a bit mask, got ${JSON.stringify(raw)}`);
+  }
+  return mask;
 }
 
 function unsupportedError(native: Native, result: number): UmapError {

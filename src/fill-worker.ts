@@ -11,7 +11,7 @@ import { toArrayBuffer, type Pointer } from "bun:ffi";
 import { writeSync } from "node:fs";
 import { parentPort, workerData } from "node:worker_threads";
 import { describeError } from "./errors.ts";
-import { linkNative, RequestField, type NativeAddresses } from "./native.ts";
+import { Feature, linkNative, RequestField, type NativeAddresses } from "./native.ts";
 import { openStore, storeLabel, type StoreDescriptor, type StoreInstance } from "./store.ts";
 
 export interface FillWorkerData {
@@ -96,7 +96,11 @@ async function fill(slot: number, generation: number, byteOffset: number, byteLe
     const where = open ? open.label : `region ${slot}`;
     const message = `cannot fill ${where} at byte offset ${byteOffset} (${byteLength} bytes): ${describeError(error)}`;
     if (request[RequestField.FAULTED] === 1) {
-      log(`${message}; the access that needed it gets SIGBUS`);
+      const answer =
+        native.umap_engine_features() & Feature.POISON
+          ? "the access that needed it gets SIGBUS"
+          : "the access that needed it reads zeros (this kernel has no UFFDIO_POISON to raise SIGBUS)";
+      log(`${message}; ${answer}`);
     }
     return message;
   }

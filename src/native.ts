@@ -10,6 +10,7 @@ const { i32, u32, i64, u64, i64_fast, ptr } = FFIType;
 const symbols = {
   umap_engine_start: { args: [u64], returns: i64_fast },
   umap_engine_open_mode: { args: [], returns: i32 },
+  umap_engine_features: { args: [], returns: i64_fast },
   umap_engine_open_errno: { args: [i32], returns: i32 },
   umap_engine_configure: { args: [u64, u32, u32, u32], returns: i32 },
   umap_engine_stop: { args: [], returns: i32 },
@@ -40,6 +41,9 @@ export type Native = { [K in keyof Symbols]: NativeFn<Symbols[K]> };
 /** Function addresses of the compiled engine, handed to workers (numbers survive postMessage). */
 export type NativeAddresses = { [K in keyof Symbols]: number };
 
+/** userfaultfd feature bits the engine uses (UFFD_FEATURE_*). */
+export const Feature = { POISON: 1 << 14 } as const;
+
 /** Page states as the engine keeps them (csrc/umap.c, enum page_state). */
 export const PageState = { EMPTY: 0, FILLING: 1, PRESENT: 2, POISONED: 3 } as const;
 
@@ -56,6 +60,7 @@ export const REGION_STAT_FIELDS = [
   "bytesRead",
   "fillErrors",
   "poisonedPages",
+  "zeroedPages",
   "copyRaces",
 ] as const;
 

@@ -244,8 +244,14 @@ describe("close", () => {
 });
 
 describe("in a child process", () => {
-  const run = (script: string) =>
-    Bun.spawnSync([process.execPath, "-e", script], { cwd: join(import.meta.dir, ".."), stderr: "pipe", stdout: "pipe", timeout: 30_000 });
+  const run = (script: string, env: Record<string, string> = {}) =>
+    Bun.spawnSync([process.execPath, "-e", script], {
+      cwd: join(import.meta.dir, ".."),
+      env: { ...process.env, ...env },
+      stderr: "pipe",
+      stdout: "pipe",
+      timeout: 30_000,
+    });
 
   test("a script that never closes its region still exits on its own", () => {
     const result = run(`
@@ -273,5 +279,22 @@ describe("in a child process", () => {
     expect(stderr).toContain("pattern-store.ts at byte offset 65536");
     expect(stderr).toContain("injected failure");
     expect(stderr).toContain("SIGBUS");
+  });
+
+  test("without UFFDIO_POISON, a failed fill reads as zeros and says so on stderr, never silently", () => {
+    const result = run(
+      `
+      import { umap, defineStore } from "./src/index.ts";
+      const store = defineStore(${JSON.stringify(PATTERN_STORE.href)}, { size: 1 << 20, failFrom: 65536, failTo: 65537 });
+      const region = await umap(store, { pageSize: 65536, bufferSize: 1 << 20, readAhead: 0 });
+      const value = region.bytes[65536 + 5];
+      console.log("value", value, "zeroed", region.stats().zeroedPages);
+      await region.close();
+    `,
+      { BUN_UMAP_MASK_FEATURES: String(1 << 14) },
+    );
+    expect(result.exitCode).toBe(0);
+    expect(result.stdout.toString()).toContain("value 0 zeroed 1");
+    expect(result.stderr.toString()).toContain("reads zeros (this kernel has no UFFDIO_POISON");
   });
 });

@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { defineStore, umap, UmapError, type UmapOptions } from "../src/index.ts";
+import { defineStore, ErrorCode, umap, UmapError, type UmapOptions } from "../src/index.ts";
 import FileStore from "../stores/file.ts";
 import { MiB, tempDir, writePatternFile } from "./helpers.ts";
 
@@ -30,10 +30,10 @@ async function failure(promise: Promise<unknown> | (() => unknown)): Promise<Uma
 }
 
 describe("targets", () => {
-  test.each([
-    ["a missing file", () => join(dir.path, "missing.bin"), "ERR_UMAP_NOT_FOUND", /missing\.bin: no such file/],
-    ["a directory", () => folder, "ERR_UMAP_INVALID_ARGUMENT", /folder: is a directory/],
-    ["an empty file", () => empty, "ERR_UMAP_INVALID_ARGUMENT", /empty\.bin is empty/],
+  test.each<[string, () => string, ErrorCode, RegExp]>([
+    ["a missing file", () => join(dir.path, "missing.bin"), ErrorCode.NOT_FOUND, /missing\.bin: no such file/],
+    ["a directory", () => folder, ErrorCode.INVALID_ARGUMENT, /folder: is a directory/],
+    ["an empty file", () => empty, ErrorCode.INVALID_ARGUMENT, /empty\.bin is empty/],
   ])("%s", async (_name, target, code, message) => {
     const error = await failure(umap(target()));
     expect(error.code).toBe(code);
