@@ -19,6 +19,14 @@
  * -> PRESENT (installed) -> EMPTY (evicted with MADV_DONTNEED). A fill that fails for good leaves
  * the faulting page POISONED (SIGBUS on access, like a kernel mapping of a failing file) and the
  * rest of its batch EMPTY, so threads waiting there fault again and get a request of their own.
+ *
+ * Writable regions are registered for write-protect faults too, and their pages are installed
+ * write-protected: the first write to a page faults, the monitor marks it DIRTY and lifts the
+ * protection. To write a dirty page back (on eviction or flush) the engine protects it again
+ * first and only then copies it into a write-back entry, so a write that lands during write-back
+ * faults, marks the page dirty again and is written later: nothing is lost. An evicted page whose
+ * write-back is still in flight is served from that entry's copy, never from the stale store.
+ * Evictor workers take write-back entries from their own queue and call store.write().
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -50,8 +58,19 @@
 /* The batch that holds the faulting page is kept smaller, so the faulting thread resumes sooner. */
 #define UMAP_FAULT_BATCH_BYTES_MAX (256u << 10)
 #define UMAP_SYSTEM_PAGE 4096u
+#define UMAP_WRITEBACK_BUCKETS 4096
 
+/* A page's state byte holds one of these in its low bits, and the flags below above them. */
 enum page_state { PAGE_EMPTY = 0, PAGE_FILLING = 1, PAGE_PRESENT = 2, PAGE_POISONED = 3 };
+#define PAGE_STATE_MASK 0x03
+/* Written since it was installed or last copied for write-back (writable regions). */
+#define PAGE_DIRTY 0x10
+/* A write-back entry holds bytes of this page that the store may not have yet. */
+#define PAGE_WRITEBACK 0x20
+
+enum request_kind { REQUEST_FILL = 0, REQUEST_WRITE = 1, REQUEST_MARKER = 2 };
+enum worker_role { ROLE_FILLER = 0, ROLE_EVICTOR = 1 };
+enum writeback_state { WB_FREE = 0, WB_QUEUED = 1, WB_WRITING = 2, WB_FAILED = 3 };
 
 /* Which way the userfaultfd was opened: reported to TypeScript for diagnostics. */
 enum open_mode { OPEN_NONE = 0, OPEN_SYSCALL = 1, OPEN_DEVICE = 2, OPEN_USER_MODE_ONLY = 3 };
@@ -71,6 +90,11 @@ enum region_stat {
 	STAT_POISONED_PAGES,    /* pages answered with SIGBUS after a failed fill */
 	STAT_ZEROED_PAGES,      /* pages answered with zeros after a failed fill (no UFFDIO_POISON) */
 	STAT_COPY_RACES,        /* pages UFFDIO_COPY found already installed (EEXIST) */
+	STAT_WRITE_FAULTS,      /* write-protect faults: first writes to clean pages */
+	STAT_WRITEBACKS,        /* pages written to the store */
+	STAT_BYTES_WRITTEN,     /* bytes written to the store */
+	STAT_WRITEBACK_ERRORS,  /* store writes that failed (the pages stay dirty) */
+	STAT_WRITEBACK_SERVES,  /* faults served from a write-back entry's copy */
 	STAT_COUNT
 };
 
@@ -90,19 +114,47 @@ struct region {
 	uint64_t stat[STAT_COUNT];
 	char *descriptor;
 	uint64_t descriptor_bytes;
+	int writable;
+	uint64_t writeback_count;    /* live write-back entries of this region */
+	uint64_t writeback_next_seq; /* snapshots are numbered; flush() waits for those below a mark */
+	char write_error[UMAP_TICKET_ERROR_BYTES]; /* the last failed store write */
 };
 
 struct request {
+	uint32_t kind;         /* enum request_kind */
 	uint32_t slot;
 	uint32_t ticket;       /* 0 or the prefetch ticket this request counts towards */
+	int32_t writeback;     /* REQUEST_WRITE: index of the write-back entry */
 	uint64_t first_page;
-	uint64_t page_count;   /* 0 for a ticket-closing marker */
+	uint64_t page_count;   /* REQUEST_FILL: pages to fill */
 	uint64_t fault_page;   /* the page whose fault made this request, or UINT64_MAX */
+};
+
+/* Bytes of one page on their way to the store. */
+struct writeback {
+	int state;             /* enum writeback_state */
+	uint32_t slot;
+	uint64_t page;
+	char *data;            /* the copy being written (or to be written) */
+	char *newer;           /* a later copy taken while data is being written: written next */
+	uint64_t seq;          /* the oldest snapshot this entry carries (see writeback_next_seq) */
+	uint64_t newer_seq;
+	int accounted;         /* its bytes count in the page buffer (its page was evicted) */
+	int32_t next;          /* hash chain, or free list */
+};
+
+/* A bounded FIFO of requests; fills use it as a deque (fault batches go to the front). */
+struct queue {
+	struct request items[UMAP_QUEUE_MAX];
+	uint32_t head;
+	uint32_t count;
+	pthread_cond_t ready; /* a request was queued, or the engine is stopping */
 };
 
 struct worker {
 	int used;
 	int busy;
+	int role;       /* enum worker_role */
 	uint64_t epoch; /* the engine run it serves: a worker of a stopped run never serves again */
 	struct request req;
 	char *staging;
@@ -125,8 +177,7 @@ struct command {
 
 static struct engine {
 	pthread_mutex_t mu;
-	pthread_cond_t work_cv;  /* a request was queued, or the engine is stopping */
-	pthread_cond_t space_cv; /* buffer space was freed, or a region is closing */
+	pthread_cond_t space_cv; /* buffer space or queue room was freed, or a region is closing */
 	int running;
 	int stopping;
 	uint64_t epoch; /* counts engine starts */
@@ -154,9 +205,14 @@ static struct engine {
 	uint64_t fifo_head;
 	uint64_t fifo_count;
 
-	struct request queue[UMAP_QUEUE_MAX]; /* a deque: fault batches go to the front */
-	uint32_t queue_head;
-	uint32_t queue_count;
+	struct queue fills;  /* for fillers */
+	struct queue writes; /* for evictors */
+
+	/* Write-back entries, found by (slot, page) through a chained hash. */
+	struct writeback *writebacks;
+	int32_t writeback_capacity;
+	int32_t writeback_free;
+	int32_t writeback_buckets[UMAP_WRITEBACK_BUCKETS];
 
 	struct worker workers[UMAP_WORKERS_MAX];
 	struct ticket tickets[UMAP_TICKETS_MAX];
@@ -164,10 +220,12 @@ static struct engine {
 	uint32_t command_count;
 } E = {
 	.mu = PTHREAD_MUTEX_INITIALIZER,
-	.work_cv = PTHREAD_COND_INITIALIZER,
 	.space_cv = PTHREAD_COND_INITIALIZER,
+	.fills = { .ready = PTHREAD_COND_INITIALIZER },
+	.writes = { .ready = PTHREAD_COND_INITIALIZER },
 	.uffd = -1,
 	.wake_fd = -1,
+	.writeback_free = -1,
 };
 
 /* Assertions catch programmer errors and stay on in every build. */
@@ -209,6 +267,22 @@ static uint64_t min_u64(uint64_t a, uint64_t b)
 	return a < b ? a : b;
 }
 
+static int state_of(const struct region *r, uint64_t page)
+{
+	return r->state[page] & PAGE_STATE_MASK;
+}
+
+static void set_state(struct region *r, uint64_t page, int state)
+{
+	r->state[page] = (uint8_t)((r->state[page] & ~PAGE_STATE_MASK) | state);
+}
+
+/* EMPTY, with no write-back copy that would have to be served instead of the store. */
+static int fillable(const struct region *r, uint64_t page)
+{
+	return r->state[page] == PAGE_EMPTY;
+}
+
 /* ---------------------------------------------------------------- userfaultfd primitives */
 
 static int uffd_wake(uint64_t start, uint64_t len)
@@ -224,7 +298,8 @@ static int uffd_wake(uint64_t start, uint64_t len)
  * is skipped and counted, since its bytes are already there. EAGAIN (the address space changed
  * under us) is retried from where the kernel stopped.
  */
-static int uffd_copy(uint64_t dst, const char *src, uint64_t len, uint64_t *races)
+static int uffd_copy(uint64_t dst, const char *src, uint64_t len, int write_protect,
+		     uint64_t *races)
 {
 	uint64_t done = 0;
 	while (done < len) {
@@ -232,7 +307,8 @@ static int uffd_copy(uint64_t dst, const char *src, uint64_t len, uint64_t *race
 			.dst = dst + done,
 			.src = (uint64_t)(uintptr_t)(src + done),
 			.len = len - done,
-			.mode = UFFDIO_COPY_MODE_DONTWAKE,
+			.mode = UFFDIO_COPY_MODE_DONTWAKE |
+				(write_protect ? UFFDIO_COPY_MODE_WP : 0),
 		};
 		if (ioctl(E.uffd, UFFDIO_COPY, &copy) == 0) {
 			done += (uint64_t)copy.copy;
@@ -251,6 +327,16 @@ static int uffd_copy(uint64_t dst, const char *src, uint64_t len, uint64_t *race
 		return -err;
 	}
 	return 0;
+}
+
+/* Write-protects the range (protect != 0), or lifts the protection and wakes its writers. */
+static int uffd_writeprotect(uint64_t start, uint64_t len, int protect)
+{
+	struct uffdio_writeprotect wp = {
+		.range = { .start = start, .len = len },
+		.mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
+	};
+	return ioctl(E.uffd, UFFDIO_WRITEPROTECT, &wp) ? -errno : 0;
 }
 
 static int uffd_poison(uint64_t start, uint64_t len)
@@ -350,6 +436,170 @@ static void fifo_forget_slot(uint32_t slot)
 	E.fifo_count = kept;
 }
 
+static int queue_push(struct queue *q, const struct request *req, int urgent)
+{
+	if (q->count == UMAP_QUEUE_MAX)
+		return -EAGAIN;
+	if (urgent) {
+		q->head = (q->head + UMAP_QUEUE_MAX - 1) % UMAP_QUEUE_MAX;
+		q->items[q->head] = *req;
+	} else {
+		q->items[(q->head + q->count) % UMAP_QUEUE_MAX] = *req;
+	}
+	q->count++;
+	pthread_cond_signal(&q->ready);
+	return 0;
+}
+
+static struct request queue_pop(struct queue *q)
+{
+	UMAP_ASSERT(q->count > 0);
+	struct request req = q->items[q->head];
+	q->head = (q->head + 1) % UMAP_QUEUE_MAX;
+	q->count--;
+	pthread_cond_broadcast(&E.space_cv); /* the queue has room again */
+	return req;
+}
+
+/* ---------------------------------------------------------------- write-back entries */
+
+static uint32_t writeback_bucket(uint32_t slot, uint64_t page)
+{
+	uint64_t key = ((uint64_t)slot << 48 | page) * 0x9E3779B97F4A7C15ull;
+	return (uint32_t)(key >> 52) % UMAP_WRITEBACK_BUCKETS;
+}
+
+static int32_t writeback_find(uint32_t slot, uint64_t page)
+{
+	if (!E.writebacks)
+		return -1;
+	for (int32_t i = E.writeback_buckets[writeback_bucket(slot, page)]; i >= 0;
+	     i = E.writebacks[i].next)
+		if (E.writebacks[i].slot == slot && E.writebacks[i].page == page)
+			return i;
+	return -1;
+}
+
+/* A new QUEUED entry for the page, holding a copy of its bytes; its index, or -ENOMEM. */
+static int32_t writeback_create(struct region *r, uint64_t page, const char *bytes)
+{
+	if (E.writeback_free < 0) {
+		int32_t capacity = E.writeback_capacity ? E.writeback_capacity * 2 : 256;
+		struct writeback *grown = realloc(E.writebacks, (size_t)capacity * sizeof *grown);
+		if (!grown)
+			return -ENOMEM;
+		if (!E.writebacks)
+			for (int i = 0; i < UMAP_WRITEBACK_BUCKETS; i++)
+				E.writeback_buckets[i] = -1;
+		for (int32_t i = capacity - 1; i >= E.writeback_capacity; i--) {
+			grown[i] = (struct writeback){ .state = WB_FREE, .next = E.writeback_free };
+			E.writeback_free = i;
+		}
+		E.writebacks = grown;
+		E.writeback_capacity = capacity;
+	}
+	char *data = malloc(r->page_size);
+	if (!data)
+		return -ENOMEM;
+	memcpy(data, bytes, r->page_size);
+	int32_t index = E.writeback_free;
+	struct writeback *wb = &E.writebacks[index];
+	E.writeback_free = wb->next;
+	uint32_t slot = (uint32_t)(r - E.regions);
+	uint32_t bucket = writeback_bucket(slot, page);
+	*wb = (struct writeback){
+		.state = WB_QUEUED,
+		.slot = slot,
+		.page = page,
+		.data = data,
+		.seq = r->writeback_next_seq++,
+		.next = E.writeback_buckets[bucket],
+	};
+	E.writeback_buckets[bucket] = index;
+	r->state[page] |= PAGE_WRITEBACK;
+	r->writeback_count++;
+	return index;
+}
+
+/* Frees an entry whose bytes are in the store, or now live in the region's page again. */
+static void writeback_remove(struct region *r, int32_t index)
+{
+	struct writeback *wb = &E.writebacks[index];
+	uint32_t bucket = writeback_bucket(wb->slot, wb->page);
+	int32_t *link = &E.writeback_buckets[bucket];
+	while (*link != index)
+		link = &E.writebacks[*link].next;
+	*link = wb->next;
+	if (wb->accounted) {
+		UMAP_ASSERT(E.resident_bytes >= r->page_size);
+		E.resident_bytes -= r->page_size;
+	}
+	r->state[wb->page] &= (uint8_t)~PAGE_WRITEBACK;
+	r->writeback_count--;
+	free(wb->data);
+	free(wb->newer);
+	*wb = (struct writeback){ .state = WB_FREE, .next = E.writeback_free };
+	E.writeback_free = index;
+	pthread_cond_broadcast(&E.space_cv);
+}
+
+static int queue_write(int32_t index)
+{
+	struct request req = {
+		.kind = REQUEST_WRITE,
+		.slot = E.writebacks[index].slot,
+		.writeback = index,
+		.fault_page = UINT64_MAX,
+	};
+	return queue_push(&E.writes, &req, 0);
+}
+
+/*
+ * Copies a dirty page, already write-protected again by the caller, into its write-back entry
+ * and clears its DIRTY flag: a new entry, or the queued one updated, or (while the entry's copy
+ * is being written) a newer copy that is written next. Writes that land after the protection
+ * fault and mark the page dirty again. Returns the entry's index, or -ENOMEM (the page stays
+ * dirty) or -EAGAIN (the write queue is full: the page stays dirty).
+ */
+static int32_t snapshot_page(struct region *r, uint64_t page)
+{
+	const char *bytes = r->base + page * r->page_size;
+	int32_t index = writeback_find((uint32_t)(r - E.regions), page);
+	if (index < 0) {
+		if (E.writes.count == UMAP_QUEUE_MAX)
+			return -EAGAIN;
+		index = writeback_create(r, page, bytes);
+		if (index < 0)
+			return index;
+		int queued = queue_write(index);
+		UMAP_ASSERT(queued == 0);
+	} else {
+		struct writeback *wb = &E.writebacks[index];
+		if (wb->state == WB_WRITING) {
+			if (!wb->newer) {
+				wb->newer = malloc(r->page_size);
+				if (!wb->newer)
+					return -ENOMEM;
+				wb->newer_seq = r->writeback_next_seq++;
+			}
+			memcpy(wb->newer, bytes, r->page_size);
+		} else {
+			if (wb->state == WB_FAILED) {
+				if (E.writes.count == UMAP_QUEUE_MAX)
+					return -EAGAIN;
+				wb->state = WB_QUEUED;
+				int queued = queue_write(index);
+				UMAP_ASSERT(queued == 0);
+			}
+			/* Queued: the newer bytes replace the copy; it still answers for the
+			 * oldest snapshot it stood for, so its seq stays. */
+			memcpy(wb->data, bytes, r->page_size);
+		}
+	}
+	r->state[page] &= (uint8_t)~PAGE_DIRTY;
+	return index;
+}
+
 /*
  * Evicts installed pages, oldest first, until no more than target_bytes are resident or nothing
  * more can go. Pages still being filled are passed over and keep their place at the back.
@@ -370,14 +620,34 @@ static void evict_to(uint64_t target_bytes)
 		struct region *r = region_at(slot);
 		if (!r || page >= r->page_count)
 			continue;
-		if (r->state[page] == PAGE_FILLING) {
+		if (state_of(r, page) == PAGE_FILLING) {
 			/* Cannot fail: the entry just popped left room. */
 			int pushed = fifo_push(slot, page);
 			UMAP_ASSERT(pushed == 0);
 			continue;
 		}
-		if (r->state[page] != PAGE_PRESENT)
+		if (state_of(r, page) != PAGE_PRESENT)
 			continue; /* a stale entry: the page was already released */
+		int accounted_elsewhere = 0;
+		if (r->state[page] & PAGE_DIRTY) {
+			/* Protect first, then copy: a write after this point faults and waits. */
+			int32_t index = -EINVAL;
+			if (uffd_writeprotect(page_address(r, page), r->page_size, 1) == 0)
+				index = snapshot_page(r, page);
+			if (index < 0) {
+				/* No memory for the copy: keep the page, dirty, at the back. */
+				int pushed = fifo_push(slot, page);
+				UMAP_ASSERT(pushed == 0);
+				continue;
+			}
+			/* The page's bytes move into the entry until the store has them: that keeps
+			 * the buffer bounded while write-backs are slower than faults. */
+			struct writeback *wb = &E.writebacks[index];
+			if (!wb->accounted) {
+				wb->accounted = 1;
+				accounted_elsewhere = 1;
+			}
+		}
 		if (run && (run != r || run_first + run_count != page)) {
 			madvise(run->base + run_first * run->page_size, run_count * run->page_size,
 				MADV_DONTNEED);
@@ -392,11 +662,13 @@ static void evict_to(uint64_t target_bytes)
 		/* The state changes before the pages go: a fault that follows the madvise() finds
 		 * the page EMPTY and requests it again. Nothing can fault on it in between, since
 		 * it is still installed, and E.mu keeps everything else out. */
-		r->state[page] = PAGE_EMPTY;
+		set_state(r, page, PAGE_EMPTY);
 		r->stat[STAT_EVICTIONS]++;
 		r->stat[STAT_RESIDENT_PAGES]--;
-		UMAP_ASSERT(E.resident_bytes >= r->page_size);
-		E.resident_bytes -= r->page_size;
+		if (!accounted_elsewhere) {
+			UMAP_ASSERT(E.resident_bytes >= r->page_size);
+			E.resident_bytes -= r->page_size;
+		}
 	}
 	if (run)
 		madvise(run->base + run_first * run->page_size, run_count * run->page_size,
@@ -430,31 +702,16 @@ static uint64_t reserve_pages(struct region *r, uint64_t want_pages, uint64_t mi
 	}
 }
 
-static int queue_push(const struct request *req, int urgent)
-{
-	if (E.queue_count == UMAP_QUEUE_MAX)
-		return -EAGAIN;
-	if (urgent) {
-		E.queue_head = (E.queue_head + UMAP_QUEUE_MAX - 1) % UMAP_QUEUE_MAX;
-		E.queue[E.queue_head] = *req;
-	} else {
-		E.queue[(E.queue_head + E.queue_count) % UMAP_QUEUE_MAX] = *req;
-	}
-	E.queue_count++;
-	pthread_cond_signal(&E.work_cv);
-	return 0;
-}
-
 static uint64_t batch_pages_max(const struct region *r, uint64_t bytes_max)
 {
 	uint64_t pages = bytes_max / r->page_size;
 	return pages ? pages : 1;
 }
 
-/* Waits (releasing E.mu) until the request queue has room; 0, or -ESHUTDOWN when stopping. */
+/* Waits (releasing E.mu) until the fill queue has room; 0, or -ESHUTDOWN when stopping. */
 static int wait_queue_room(struct region *r)
 {
-	while (E.queue_count == UMAP_QUEUE_MAX) {
+	while (E.fills.count == UMAP_QUEUE_MAX) {
 		if (E.stopping || r->closing)
 			return -ESHUTDOWN;
 		pthread_cond_wait(&E.space_cv, &E.mu);
@@ -479,8 +736,7 @@ static uint64_t request_run(struct region *r, uint64_t first, uint64_t page_coun
 		return 0;
 	/* reserve_pages() may have waited with E.mu released: count the EMPTY run again. */
 	uint64_t run = 0;
-	while (run < reserved && first + run < r->page_count &&
-	       r->state[first + run] == PAGE_EMPTY)
+	while (run < reserved && first + run < r->page_count && fillable(r, first + run))
 		run++;
 	E.resident_bytes -= (reserved - run) * r->page_size;
 	if (run == 0) {
@@ -488,11 +744,11 @@ static uint64_t request_run(struct region *r, uint64_t first, uint64_t page_coun
 		return 0;
 	}
 	for (uint64_t i = 0; i < run; i++) {
-		r->state[first + i] = PAGE_FILLING;
+		set_state(r, first + i, PAGE_FILLING);
 		if (fifo_push(slot, first + i) != 0) {
 			/* Out of memory for the FIFO: give back what is not queued yet. */
 			for (uint64_t j = i; j < run; j++)
-				r->state[first + j] = PAGE_EMPTY;
+				set_state(r, first + j, PAGE_EMPTY);
 			E.resident_bytes -= (run - i) * r->page_size;
 			run = i;
 			break;
@@ -506,6 +762,7 @@ static uint64_t request_run(struct region *r, uint64_t first, uint64_t page_coun
 		uint64_t limit = batch_pages_max(
 			r, done == 0 && faulted ? UMAP_FAULT_BATCH_BYTES_MAX : UMAP_BATCH_BYTES_MAX);
 		struct request req = {
+			.kind = REQUEST_FILL,
 			.slot = slot,
 			.ticket = ticket,
 			.first_page = first + done,
@@ -515,7 +772,7 @@ static uint64_t request_run(struct region *r, uint64_t first, uint64_t page_coun
 		if (wait_queue_room(r) != 0) {
 			/* Closing or stopping: the unqueued pages go back to EMPTY. */
 			for (uint64_t i = done; i < run; i++)
-				r->state[first + i] = PAGE_EMPTY;
+				set_state(r, first + i, PAGE_EMPTY);
 			r->inflight_pages -= run - done;
 			r->stat[STAT_RESIDENT_PAGES] -= run - done;
 			E.resident_bytes -= (run - done) * r->page_size;
@@ -524,7 +781,7 @@ static uint64_t request_run(struct region *r, uint64_t first, uint64_t page_coun
 		}
 		if (ticket)
 			E.tickets[ticket].pending++;
-		int pushed = queue_push(&req, faulted && done == 0);
+		int pushed = queue_push(&E.fills, &req, faulted && done == 0);
 		UMAP_ASSERT(pushed == 0);
 		r->stat[STAT_FILL_REQUESTS]++;
 		done += req.page_count;
@@ -558,7 +815,7 @@ static void extend_stream(struct region *r, uint64_t page)
 	    page + r->stream_window < r->stream_end || r->stream_end >= r->page_count)
 		return;
 	uint64_t first = r->stream_end;
-	if (r->state[first] != PAGE_EMPTY)
+	if (!fillable(r, first))
 		return;
 	uint64_t want = min_u64(r->stream_window, r->page_count - first);
 	uint64_t requested = request_run(r, first, want, UINT64_MAX, 0);
@@ -566,7 +823,58 @@ static void extend_stream(struct region *r, uint64_t page)
 	r->stream_end = first + requested;
 }
 
-static void handle_fault(uint64_t addr)
+/*
+ * Installs an evicted page from its write-back entry, whose copy is newer than the store.
+ * Reserves buffer space (waiting for it if need be) and installs the page write-protected and
+ * clean, unless the entry's write failed: then the page takes the bytes back as dirty and the
+ * entry goes. Returns 1 if it installed the page, 0 if the page no longer needed it.
+ */
+static int serve_from_writeback(struct region *r, uint64_t page)
+{
+	if (reserve_pages(r, 1, 1) == 0)
+		return 0;
+	/* reserve_pages() may have waited with E.mu released. */
+	int32_t index = writeback_find((uint32_t)(r - E.regions), page);
+	if (state_of(r, page) != PAGE_EMPTY || index < 0 || r->closing) {
+		E.resident_bytes -= r->page_size;
+		pthread_cond_broadcast(&E.space_cv);
+		return 0;
+	}
+	struct writeback *wb = &E.writebacks[index];
+	uint64_t races = 0;
+	int copied = uffd_copy(page_address(r, page), wb->newer ? wb->newer : wb->data, r->page_size,
+			       1, &races);
+	if (copied != 0 || fifo_push((uint32_t)(r - E.regions), page) != 0) {
+		/* The entry still holds the bytes: the thread faults again and we try again. */
+		E.resident_bytes -= r->page_size;
+		pthread_cond_broadcast(&E.space_cv);
+		return 0;
+	}
+	set_state(r, page, PAGE_PRESENT);
+	r->stat[STAT_RESIDENT_PAGES]++;
+	r->stat[STAT_WRITEBACK_SERVES]++;
+	if (wb->state == WB_FAILED) {
+		r->state[page] |= PAGE_DIRTY;
+		writeback_remove(r, index);
+	}
+	return 1;
+}
+
+/* A write to a write-protected page: the page is dirty from now on; let the write through. */
+static void handle_write_fault(struct region *r, uint64_t page)
+{
+	r->stat[STAT_WRITE_FAULTS]++;
+	if (state_of(r, page) != PAGE_PRESENT) {
+		/* Evicted since the fault: the thread retries and meets a missing page instead. */
+		uffd_wake(page_address(r, page), r->page_size);
+		return;
+	}
+	r->state[page] |= PAGE_DIRTY;
+	if (uffd_writeprotect(page_address(r, page), r->page_size, 0) != 0)
+		uffd_wake(page_address(r, page), r->page_size);
+}
+
+static void handle_fault(uint64_t addr, uint64_t flags)
 {
 	struct region *r = region_of_address(addr);
 	if (!r || r->closing) {
@@ -577,7 +885,11 @@ static void handle_fault(uint64_t addr)
 	}
 	uint64_t page = (addr - (uint64_t)(uintptr_t)r->base) / r->page_size;
 	r->stat[STAT_FAULTS]++;
-	switch (r->state[page]) {
+	if (flags & UFFD_PAGEFAULT_FLAG_WP) {
+		handle_write_fault(r, page);
+		return;
+	}
+	switch (state_of(r, page)) {
 	case PAGE_FILLING:
 		/* Already requested: the UFFDIO_COPY that installs it wakes this thread too. */
 		r->stat[STAT_DUPLICATE_FAULTS]++;
@@ -587,6 +899,11 @@ static void handle_fault(uint64_t addr)
 		break;
 	default:
 		/* Installed (or poisoned) since the fault was raised: the thread only needs waking. */
+		uffd_wake(page_address(r, page), r->page_size);
+		return;
+	}
+	if (r->state[page] & PAGE_WRITEBACK) {
+		serve_from_writeback(r, page);
 		uffd_wake(page_address(r, page), r->page_size);
 		return;
 	}
@@ -609,14 +926,20 @@ static void run_prefetch(const struct command *cmd)
 	uint64_t page = cmd->first_page;
 	uint64_t end = cmd->first_page + cmd->page_count;
 	while (r && !r->closing && page < end) {
-		if (r->state[page] != PAGE_EMPTY) {
+		if (state_of(r, page) != PAGE_EMPTY) {
+			page++;
+			continue;
+		}
+		if (r->state[page] & PAGE_WRITEBACK) {
+			if (serve_from_writeback(r, page))
+				r->stat[STAT_PREFETCH_PAGES]++;
 			page++;
 			continue;
 		}
 		uint64_t requested = request_run(r, page, end - page, UINT64_MAX, cmd->ticket);
 		if (requested == 0) {
 			/* No room even after evicting: wait for a fill to finish, then go on. */
-			if (r->state[page] == PAGE_EMPTY && !E.stopping && !r->closing)
+			if (fillable(r, page) && !E.stopping && !r->closing)
 				pthread_cond_wait(&E.space_cv, &E.mu);
 			continue;
 		}
@@ -624,11 +947,16 @@ static void run_prefetch(const struct command *cmd)
 		page += requested;
 	}
 	/* The marker closes the ticket once every request before it has completed. */
-	struct request marker = { .slot = cmd->slot, .ticket = cmd->ticket, .fault_page = UINT64_MAX };
+	struct request marker = {
+		.kind = REQUEST_MARKER,
+		.slot = cmd->slot,
+		.ticket = cmd->ticket,
+		.fault_page = UINT64_MAX,
+	};
 	E.tickets[cmd->ticket].pending++;
-	while (E.queue_count == UMAP_QUEUE_MAX && !E.stopping)
+	while (E.fills.count == UMAP_QUEUE_MAX && !E.stopping)
 		pthread_cond_wait(&E.space_cv, &E.mu);
-	if (queue_push(&marker, 0) != 0)
+	if (queue_push(&E.fills, &marker, 0) != 0)
 		E.tickets[cmd->ticket].pending--; /* stopping: nobody is waiting for it any more */
 }
 
@@ -671,7 +999,8 @@ static void *monitor_main(void *unused)
 		pthread_mutex_lock(&E.mu);
 		for (ssize_t i = 0; i < got / (ssize_t)sizeof *msgs && !E.stopping; i++) {
 			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
-				handle_fault(msgs[i].arg.pagefault.address);
+				handle_fault(msgs[i].arg.pagefault.address,
+					     msgs[i].arg.pagefault.flags);
 		}
 		pthread_mutex_unlock(&E.mu);
 	}
@@ -717,7 +1046,7 @@ int64_t umap_engine_start(uint64_t feature_mask)
 		pthread_mutex_unlock(&E.mu);
 		return failed;
 	}
-	uint64_t wanted = UFFD_FEATURE_POISON;
+	uint64_t wanted = UFFD_FEATURE_POISON | UFFD_FEATURE_PAGEFAULT_FLAG_WP;
 	uint64_t features = api.features & wanted & ~feature_mask;
 
 	int fd = uffd_open(O_CLOEXEC | O_NONBLOCK, &mode);
@@ -746,7 +1075,8 @@ int64_t umap_engine_start(uint64_t feature_mask)
 	E.stopping = 0;
 	E.stray_faults = 0;
 	E.resident_bytes = 0;
-	E.queue_head = E.queue_count = 0;
+	E.fills.head = E.fills.count = 0;
+	E.writes.head = E.writes.count = 0;
 	E.command_count = 0;
 	if (E.fault_events_max == 0)
 		E.fault_events_max = 256;
@@ -819,7 +1149,8 @@ int umap_engine_stop(void)
 		return -EBUSY;
 	}
 	E.stopping = 1;
-	pthread_cond_broadcast(&E.work_cv);
+	pthread_cond_broadcast(&E.fills.ready);
+	pthread_cond_broadcast(&E.writes.ready);
 	pthread_cond_broadcast(&E.space_cv);
 	pthread_mutex_unlock(&E.mu);
 	poke_monitor();
@@ -835,6 +1166,11 @@ int umap_engine_stop(void)
 	free(E.fifo);
 	E.fifo = NULL;
 	E.fifo_capacity = E.fifo_head = E.fifo_count = 0;
+	/* Released regions took their write-back entries with them: only the table is left. */
+	free(E.writebacks);
+	E.writebacks = NULL;
+	E.writeback_capacity = 0;
+	E.writeback_free = -1;
 	pthread_mutex_unlock(&E.mu);
 	return 0;
 }
@@ -883,13 +1219,14 @@ static void sorted_remove(uint32_t slot)
 
 /*
  * Creates a region of page_count pages of page_size bytes (a power of two, at least the system
- * page), aligned to page_size and registered for missing-page faults. read_ahead_pages is fixed,
- * or -1 for adaptive. descriptor is the store's description (JSON) that workers read back.
- * Returns the region's slot, or -EINVAL, -ENOSPC (too many regions), -ENOMEM, -errno of mmap or
- * UFFDIO_REGISTER, or -ESHUTDOWN if the engine is not running.
+ * page), aligned to page_size and registered for missing-page faults, and for write-protect
+ * faults if writable. read_ahead_pages is fixed, or -1 for adaptive. descriptor is the store's
+ * description (JSON) that workers read back. Returns the region's slot, or -EINVAL, -ENOSPC (too
+ * many regions), -ENOMEM, -EOPNOTSUPP (writable, but the kernel cannot write-protect this
+ * memory), -errno of mmap or UFFDIO_REGISTER, or -ESHUTDOWN if the engine is not running.
  */
 int64_t umap_region_create(uint64_t page_count, uint64_t page_size, int64_t read_ahead_pages,
-			   const char *descriptor, uint64_t descriptor_bytes)
+			   int writable, const char *descriptor, uint64_t descriptor_bytes)
 {
 	if (page_size < UMAP_SYSTEM_PAGE || (page_size & (page_size - 1)) || page_count == 0 ||
 	    page_count >= (1ull << 48) || page_count > UINT64_MAX / page_size ||
@@ -930,13 +1267,19 @@ int64_t umap_region_create(uint64_t page_count, uint64_t page_size, int64_t read
 		slot++;
 	if (!err && slot == UMAP_REGIONS_MAX)
 		err = -ENOSPC;
+	if (!err && writable && !(E.features & UFFD_FEATURE_PAGEFAULT_FLAG_WP))
+		err = -EOPNOTSUPP;
 	if (!err) {
 		struct uffdio_register reg = {
 			.range = { .start = (uint64_t)(uintptr_t)base, .len = mapped },
-			.mode = UFFDIO_REGISTER_MODE_MISSING,
+			.mode = UFFDIO_REGISTER_MODE_MISSING | (writable ? UFFDIO_REGISTER_MODE_WP : 0),
 		};
-		if (ioctl(E.uffd, UFFDIO_REGISTER, &reg))
+		if (ioctl(E.uffd, UFFDIO_REGISTER, &reg)) {
 			err = -errno;
+		} else if (writable && !(reg.ioctls & ((uint64_t)1 << _UFFDIO_WRITEPROTECT))) {
+			ioctl(E.uffd, UFFDIO_UNREGISTER, &reg.range);
+			err = -EOPNOTSUPP;
+		}
 	}
 	if (err) {
 		pthread_mutex_unlock(&E.mu);
@@ -958,6 +1301,8 @@ int64_t umap_region_create(uint64_t page_count, uint64_t page_size, int64_t read
 	r->read_ahead_fixed = read_ahead_pages;
 	r->descriptor = desc;
 	r->descriptor_bytes = descriptor_bytes;
+	r->writable = writable != 0;
+	r->writeback_next_seq = 1;
 	sorted_insert(slot);
 	pthread_mutex_unlock(&E.mu);
 	return slot;
@@ -1035,7 +1380,7 @@ int64_t umap_region_count_state(uint32_t slot, uint64_t first_page, uint64_t pag
 		count = -EINVAL;
 	else
 		for (uint64_t p = first_page; p < first_page + page_count; p++)
-			count += r->state[p] == state;
+			count += state_of(r, p) == (int)state;
 	pthread_mutex_unlock(&E.mu);
 	return count;
 }
@@ -1106,6 +1451,89 @@ int64_t umap_ticket_take(uint32_t ticket, char *buf, uint64_t capacity)
 }
 
 /*
+ * Starts writing back every dirty page of a writable region: each is write-protected again and
+ * copied into a write-back entry for the evictors (writes that land later mark it dirty again),
+ * and entries whose write failed are queued again. Returns a mark (> 0): once
+ * umap_region_writeback_pending() reports nothing below it, every page dirty at this call is in
+ * the store. -ENOENT; -ENOMEM or -EAGAIN if a copy could not be queued (call again).
+ */
+int64_t umap_region_flush(uint32_t slot)
+{
+	pthread_mutex_lock(&E.mu);
+	struct region *r = region_at(slot);
+	if (!r) {
+		pthread_mutex_unlock(&E.mu);
+		return -ENOENT;
+	}
+	int64_t result = 0;
+	for (uint64_t first = 0; first < r->page_count && result == 0;) {
+		if (!(r->state[first] & PAGE_DIRTY)) {
+			first++;
+			continue;
+		}
+		/* One protection call for each run of dirty pages, then a copy of each page. */
+		uint64_t run = 1;
+		while (first + run < r->page_count && (r->state[first + run] & PAGE_DIRTY))
+			run++;
+		result = uffd_writeprotect(page_address(r, first), run * r->page_size, 1);
+		for (uint64_t p = first; p < first + run && result == 0; p++) {
+			int32_t index = snapshot_page(r, p);
+			if (index < 0)
+				result = index;
+		}
+		first += run;
+	}
+	if (E.writebacks)
+		for (int32_t i = 0; i < E.writeback_capacity && result == 0; i++) {
+			struct writeback *wb = &E.writebacks[i];
+			if (wb->state != WB_FAILED || wb->slot != slot)
+				continue;
+			if (queue_write(i) != 0)
+				result = -EAGAIN;
+			else
+				wb->state = WB_QUEUED;
+		}
+	if (result == 0)
+		result = (int64_t)r->writeback_next_seq;
+	pthread_mutex_unlock(&E.mu);
+	return result;
+}
+
+/*
+ * How the write-backs below a flush mark stand: the number still queued or being written
+ * (> 0), 0 when all are in the store, or -EIO if none is pending but some failed (the last
+ * store error is copied into error, at most capacity bytes). -ENOENT.
+ */
+int64_t umap_region_writeback_pending(uint32_t slot, uint64_t mark, char *error, uint64_t capacity)
+{
+	pthread_mutex_lock(&E.mu);
+	struct region *r = region_at(slot);
+	if (!r) {
+		pthread_mutex_unlock(&E.mu);
+		return -ENOENT;
+	}
+	int64_t pending = 0, failed = 0;
+	for (int32_t i = 0; E.writebacks && i < E.writeback_capacity; i++) {
+		struct writeback *wb = &E.writebacks[i];
+		if (wb->state == WB_FREE || wb->slot != slot || wb->seq >= mark)
+			continue;
+		if (wb->state == WB_FAILED)
+			failed++;
+		else
+			pending++;
+	}
+	if (pending == 0 && failed > 0) {
+		uint64_t len = min_u64(strnlen(r->write_error, sizeof r->write_error), capacity);
+		memcpy(error, r->write_error, len);
+		if (len < capacity)
+			error[len] = 0;
+		pending = -EIO;
+	}
+	pthread_mutex_unlock(&E.mu);
+	return pending;
+}
+
+/*
  * First step of releasing a region: new faults and prefetches on it are refused and queued
  * requests for it are dropped. Returns the number of its pages still being filled (wait for 0
  * with umap_region_inflight(), then call umap_region_release()), or -ENOENT.
@@ -1119,13 +1547,14 @@ int64_t umap_region_close_begin(uint32_t slot)
 		return -ENOENT;
 	}
 	r->closing = 1;
-	/* Drop its queued requests; tickets they counted towards are settled by their markers. */
+	/* Drop its queued fills (its write-backs stay: they carry data the store lacks); tickets
+	 * the fills counted towards are settled by their markers. */
 	uint32_t kept = 0;
-	for (uint32_t i = 0; i < E.queue_count; i++) {
-		struct request req = E.queue[(E.queue_head + i) % UMAP_QUEUE_MAX];
-		if (req.slot == slot && req.page_count > 0) {
+	for (uint32_t i = 0; i < E.fills.count; i++) {
+		struct request req = E.fills.items[(E.fills.head + i) % UMAP_QUEUE_MAX];
+		if (req.slot == slot && req.kind == REQUEST_FILL) {
 			for (uint64_t p = req.first_page; p < req.first_page + req.page_count; p++)
-				r->state[p] = PAGE_EMPTY;
+				set_state(r, p, PAGE_EMPTY);
 			r->inflight_pages -= req.page_count;
 			r->stat[STAT_RESIDENT_PAGES] -= req.page_count;
 			E.resident_bytes -= req.page_count * r->page_size;
@@ -1133,9 +1562,9 @@ int64_t umap_region_close_begin(uint32_t slot)
 				E.tickets[req.ticket].pending--;
 			continue;
 		}
-		E.queue[(E.queue_head + kept++) % UMAP_QUEUE_MAX] = req;
+		E.fills.items[(E.fills.head + kept++) % UMAP_QUEUE_MAX] = req;
 	}
-	E.queue_count = kept;
+	E.fills.count = kept;
 	pthread_cond_broadcast(&E.space_cv);
 	int64_t inflight = (int64_t)r->inflight_pages;
 	pthread_mutex_unlock(&E.mu);
@@ -1153,8 +1582,8 @@ int64_t umap_region_inflight(uint32_t slot)
 }
 
 /*
- * Unregisters and unmaps a closing region with no fills in flight, and frees its slot. Returns
- * 0, -ENOENT, or -EBUSY (not closing, or fills still in flight).
+ * Unregisters and unmaps a closing region with no fills or write-backs in flight, and frees its
+ * slot. Returns 0, -ENOENT, or -EBUSY (not closing, or fills or write-backs still pending).
  */
 int umap_region_release(uint32_t slot)
 {
@@ -1164,7 +1593,7 @@ int umap_region_release(uint32_t slot)
 		pthread_mutex_unlock(&E.mu);
 		return -ENOENT;
 	}
-	if (!r->closing || r->inflight_pages > 0) {
+	if (!r->closing || r->inflight_pages > 0 || r->writeback_count > 0) {
 		pthread_mutex_unlock(&E.mu);
 		return -EBUSY;
 	}
@@ -1196,16 +1625,22 @@ enum worker_field {
 	REQ_GENERATION,
 	REQ_BYTE_OFFSET,  /* of the first page, in the region (and so in the store) */
 	REQ_BYTE_LENGTH,  /* 0 for a ticket marker */
-	REQ_STAGING,      /* address of the worker's staging buffer */
+	REQ_STAGING,      /* address of the bytes: the worker's staging buffer, or a write-back copy */
 	REQ_STAGING_BYTES,
 	REQ_TICKET,
 	REQ_FAULTED,      /* 1 if a thread faulted on the request's first page */
+	REQ_KIND,         /* enum request_kind */
 	REQ_FIELDS
 };
 
-/* Claims a worker slot for the running engine. Returns its id, -ENOSPC, or -ESHUTDOWN. */
-int umap_worker_register(void)
+/*
+ * Claims a worker slot for the running engine, as a filler or an evictor (enum worker_role).
+ * Returns its id, -EINVAL, -ENOSPC, or -ESHUTDOWN.
+ */
+int umap_worker_register(int role)
 {
+	if (role != ROLE_FILLER && role != ROLE_EVICTOR)
+		return -EINVAL;
 	pthread_mutex_lock(&E.mu);
 	if (!E.running || E.stopping) {
 		pthread_mutex_unlock(&E.mu);
@@ -1220,6 +1655,7 @@ int umap_worker_register(void)
 	}
 	E.workers[id].used = 1;
 	E.workers[id].busy = 0;
+	E.workers[id].role = role;
 	E.workers[id].epoch = E.epoch;
 	pthread_mutex_unlock(&E.mu);
 	return id;
@@ -1244,9 +1680,10 @@ int umap_worker_unregister(int id)
 }
 
 /*
- * Blocks until a fill request is ready, then writes it to out (enum worker_field order, as
- * doubles) and returns 1; returns 0 when the engine stops, -EINVAL for a bad id or a worker
- * that has not completed its previous request, -ENOMEM if its staging buffer cannot grow.
+ * Blocks until a request for the worker's role is ready, then writes it to out (enum
+ * worker_field order, as doubles) and returns 1; returns 0 when the engine stops, -EINVAL for a
+ * bad id or a worker that has not completed its previous request, -ENOMEM if its staging buffer
+ * cannot grow.
  */
 int umap_worker_next(int id, double *out)
 {
@@ -1258,34 +1695,43 @@ int umap_worker_next(int id, double *out)
 		pthread_mutex_unlock(&E.mu);
 		return -EINVAL;
 	}
-	while (!E.stopping && w->epoch == E.epoch && E.queue_count == 0)
-		pthread_cond_wait(&E.work_cv, &E.mu);
+	struct queue *q = w->role == ROLE_EVICTOR ? &E.writes : &E.fills;
+	while (!E.stopping && w->epoch == E.epoch && q->count == 0)
+		pthread_cond_wait(&q->ready, &E.mu);
 	if (E.stopping || w->epoch != E.epoch) {
 		pthread_mutex_unlock(&E.mu);
 		return 0;
 	}
-	struct request req = E.queue[E.queue_head];
-	E.queue_head = (E.queue_head + 1) % UMAP_QUEUE_MAX;
-	E.queue_count--;
-	pthread_cond_broadcast(&E.space_cv); /* the queue has room again */
+	struct request req = queue_pop(q);
 	struct region *r = &E.regions[req.slot];
-	uint64_t bytes = req.page_count * r->page_size;
-	if (bytes > w->staging_bytes) {
-		uint64_t grown = bytes < UMAP_BATCH_BYTES_MAX ? UMAP_BATCH_BYTES_MAX : bytes;
-		char *staging = mmap(NULL, grown, PROT_READ | PROT_WRITE,
-				     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (staging == MAP_FAILED) {
-			/* Put the request back for a worker that has room. */
-			E.queue_head = (E.queue_head + UMAP_QUEUE_MAX - 1) % UMAP_QUEUE_MAX;
-			E.queue[E.queue_head] = req;
-			E.queue_count++;
-			pthread_mutex_unlock(&E.mu);
-			return -ENOMEM;
+	const char *bytes_at = w->staging;
+	uint64_t bytes = 0;
+	if (req.kind == REQUEST_WRITE) {
+		struct writeback *wb = &E.writebacks[req.writeback];
+		UMAP_ASSERT(wb->state == WB_QUEUED);
+		wb->state = WB_WRITING;
+		bytes_at = wb->data;
+		bytes = r->page_size;
+		req.first_page = wb->page;
+	} else if (req.kind == REQUEST_FILL) {
+		bytes = req.page_count * r->page_size;
+		if (bytes > w->staging_bytes) {
+			uint64_t grown = bytes < UMAP_BATCH_BYTES_MAX ? UMAP_BATCH_BYTES_MAX : bytes;
+			char *staging = mmap(NULL, grown, PROT_READ | PROT_WRITE,
+					     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			if (staging == MAP_FAILED) {
+				/* Put the request back for a worker that has room. */
+				int pushed = queue_push(q, &req, 1);
+				UMAP_ASSERT(pushed == 0);
+				pthread_mutex_unlock(&E.mu);
+				return -ENOMEM;
+			}
+			if (w->staging)
+				munmap(w->staging, w->staging_bytes);
+			w->staging = staging;
+			w->staging_bytes = grown;
 		}
-		if (w->staging)
-			munmap(w->staging, w->staging_bytes);
-		w->staging = staging;
-		w->staging_bytes = grown;
+		bytes_at = w->staging;
 	}
 	w->busy = 1;
 	w->req = req;
@@ -1293,10 +1739,11 @@ int umap_worker_next(int id, double *out)
 	out[REQ_GENERATION] = r->generation;
 	out[REQ_BYTE_OFFSET] = (double)(req.first_page * r->page_size);
 	out[REQ_BYTE_LENGTH] = (double)bytes;
-	out[REQ_STAGING] = (double)(uintptr_t)w->staging;
-	out[REQ_STAGING_BYTES] = (double)w->staging_bytes;
+	out[REQ_STAGING] = (double)(uintptr_t)bytes_at;
+	out[REQ_STAGING_BYTES] = (double)(req.kind == REQUEST_WRITE ? bytes : w->staging_bytes);
 	out[REQ_TICKET] = req.ticket;
 	out[REQ_FAULTED] = req.fault_page != UINT64_MAX;
+	out[REQ_KIND] = req.kind;
 	pthread_mutex_unlock(&E.mu);
 	return 1;
 }
@@ -1313,7 +1760,7 @@ static int answer_failed_fault(struct region *r, uint64_t page)
 	if (E.features & UFFD_FEATURE_POISON) {
 		int poisoned = uffd_poison(start, r->page_size);
 		if (poisoned == 0) {
-			r->state[page] = PAGE_POISONED;
+			set_state(r, page, PAGE_POISONED);
 			r->stat[STAT_POISONED_PAGES]++;
 			E.resident_bytes -= r->page_size;
 			r->stat[STAT_RESIDENT_PAGES]--;
@@ -1323,7 +1770,7 @@ static int answer_failed_fault(struct region *r, uint64_t page)
 	struct uffdio_zeropage zero = { .range = { .start = start, .len = r->page_size }, .mode = 0 };
 	if (ioctl(E.uffd, UFFDIO_ZEROPAGE, &zero))
 		return -errno;
-	r->state[page] = PAGE_PRESENT;
+	set_state(r, page, PAGE_PRESENT);
 	r->stat[STAT_ZEROED_PAGES]++;
 	return 0;
 }
@@ -1345,12 +1792,64 @@ static uint32_t ticket_settle(uint32_t ticket, const char *error, uint64_t error
 }
 
 /*
- * Completes the worker's current request. With status 0 the staging buffer holds the bytes of
- * every page of the request: they are installed and the waiting threads woken. With status < 0
- * the store failed for good (error names why): the faulting page is poisoned, so the access
- * that needed it gets SIGBUS instead of wrong bytes, and the rest return to EMPTY and their
- * waiters are woken to fault again. Returns the ticket this completed (> 0; take its outcome
- * with umap_ticket_take), 0, or -EINVAL if the worker has no request.
+ * Completes a write-back (E.mu held). On success the entry goes, or its newer copy is queued; on
+ * failure the bytes stay dirty: in the page if it is installed again, else in the entry, marked
+ * FAILED for the next flush() to retry. A failed entry stops counting in the buffer, so a store
+ * that keeps failing costs memory beyond the buffer rather than a hang.
+ */
+static void complete_write(struct region *r, int32_t index, int status, const char *error,
+			   uint64_t error_bytes)
+{
+	struct writeback *wb = &E.writebacks[index];
+	UMAP_ASSERT(wb->state == WB_WRITING);
+	if (status == 0) {
+		r->stat[STAT_WRITEBACKS]++;
+		r->stat[STAT_BYTES_WRITTEN] += r->page_size;
+	} else {
+		r->stat[STAT_WRITEBACK_ERRORS]++;
+		uint64_t len = min_u64(error_bytes, sizeof r->write_error - 1);
+		memcpy(r->write_error, error, len);
+		r->write_error[len] = 0;
+	}
+	if (wb->newer) {
+		/* A later copy supersedes this one, written or not. */
+		free(wb->data);
+		wb->data = wb->newer;
+		wb->newer = NULL;
+		if (status == 0)
+			wb->seq = wb->newer_seq;
+	} else if (status == 0) {
+		writeback_remove(r, index);
+		return;
+	}
+	if (status != 0 && state_of(r, wb->page) == PAGE_PRESENT) {
+		/* The page was installed again from this copy: it holds the bytes, dirty. */
+		r->state[wb->page] |= PAGE_DIRTY;
+		writeback_remove(r, index);
+		return;
+	}
+	if (status != 0) {
+		wb->state = WB_FAILED;
+		if (wb->accounted) {
+			wb->accounted = 0;
+			E.resident_bytes -= r->page_size;
+			pthread_cond_broadcast(&E.space_cv);
+		}
+		return;
+	}
+	wb->state = WB_QUEUED;
+	int queued = queue_write(index);
+	UMAP_ASSERT(queued == 0); /* this worker's own request just left the queue */
+}
+
+/*
+ * Completes the worker's current request (status 0, or < 0 with error naming why). A fill:
+ * with status 0 the staging buffer holds the bytes of every page of the request: they are
+ * installed (write-protected in writable regions) and the waiting threads woken; with status <
+ * 0 the faulting page is poisoned, so the access that needed it gets SIGBUS instead of wrong
+ * bytes, and the rest return to EMPTY and their waiters are woken to fault again. A write-back:
+ * see complete_write(). Returns the ticket this completed (> 0; take its outcome with
+ * umap_ticket_take), 0, or -EINVAL if the worker has no request.
  */
 int64_t umap_worker_complete(int id, int status, const char *error, uint64_t error_bytes)
 {
@@ -1364,16 +1863,22 @@ int64_t umap_worker_complete(int id, int status, const char *error, uint64_t err
 	}
 	struct request req = w->req;
 	struct region *r = &E.regions[req.slot];
+	if (req.kind == REQUEST_WRITE) {
+		complete_write(r, req.writeback, status, error, error_bytes);
+		w->busy = 0;
+		pthread_mutex_unlock(&E.mu);
+		return 0;
+	}
 	uint64_t first = page_address(r, req.first_page);
 	uint64_t bytes = req.page_count * r->page_size;
+	int write_protect = r->writable;
 	pthread_mutex_unlock(&E.mu);
 
 	/* The pages are FILLING, so nothing else installs or evicts them, and the region cannot
 	 * be released while they are in flight: the copy can run without the lock. */
 	uint64_t races = 0;
-	int copied = 0;
-	if (req.page_count > 0 && status == 0) {
-		copied = uffd_copy(first, w->staging, bytes, &races);
+	if (req.kind == REQUEST_FILL && status == 0) {
+		int copied = uffd_copy(first, w->staging, bytes, write_protect, &races);
 		if (copied != 0) {
 			status = copied;
 			error = "UFFDIO_COPY failed";
@@ -1382,26 +1887,26 @@ int64_t umap_worker_complete(int id, int status, const char *error, uint64_t err
 	}
 
 	pthread_mutex_lock(&E.mu);
-	if (req.page_count > 0) {
+	if (req.kind == REQUEST_FILL) {
 		if (status == 0) {
 			for (uint64_t p = req.first_page; p < req.first_page + req.page_count; p++)
-				r->state[p] = PAGE_PRESENT;
+				set_state(r, p, PAGE_PRESENT);
 			r->stat[STAT_FILLS] += req.page_count;
 			r->stat[STAT_BYTES_READ] += bytes;
 			r->stat[STAT_COPY_RACES] += races;
-			uffd_wake(first, bytes);
 		} else {
 			r->stat[STAT_FILL_ERRORS]++;
 			for (uint64_t p = req.first_page; p < req.first_page + req.page_count; p++) {
 				if (p == req.fault_page && answer_failed_fault(r, p) == 0)
 					continue;
-				r->state[p] = PAGE_EMPTY;
+				set_state(r, p, PAGE_EMPTY);
 				E.resident_bytes -= r->page_size;
 				r->stat[STAT_RESIDENT_PAGES]--;
 			}
-			/* Threads parked on the EMPTY pages fault again and get their own request. */
-			uffd_wake(first, bytes);
 		}
+		/* Installed pages' waiters resume; EMPTY pages' waiters fault again and get their
+		 * own request. */
+		uffd_wake(first, bytes);
 		r->inflight_pages -= req.page_count;
 	}
 	uint32_t done = ticket_settle(req.ticket, status ? error : NULL, error_bytes);

@@ -7,7 +7,7 @@
 import { Worker } from "node:worker_threads";
 import { ErrorCode, UmapError, engineError, errnoName } from "./errors.ts";
 import type { FillWorkerData, FillWorkerMessage } from "./fill-worker.ts";
-import { loadNative, type Native } from "./native.ts";
+import { loadNative, WorkerRole, type Native } from "./native.ts";
 import type { EngineSettings, ExplicitSettings } from "./options.ts";
 
 /** How long a new worker may take to load before umap() gives up on it. */
@@ -35,6 +35,8 @@ export class Engine {
   readonly systemPageSize: number;
   settings: EngineSettings;
   readonly #workers: Worker[] = [];
+  /** Evictors start with the first writable region: read-only use never pays for them. */
+  #evictorCount = 0;
   readonly #tickets = new Map<number, Ticket>();
   readonly #regions = new Set<number>();
   #stopping: Promise<void> | undefined;
@@ -78,7 +80,7 @@ export class Engine {
     const engine = new Engine(native, features, settings);
     try {
       engine.#configure(settings);
-      await engine.#addWorkers(settings.fillers, { addresses });
+      await engine.#addWorkers(settings.fillers, { addresses, role: WorkerRole.FILLER });
     } catch (error) {
       await engine.#shutdown();
       throw error;
@@ -103,10 +105,20 @@ export class Engine {
       );
     }
     this.#configure(next);
-    if (next.fillers > this.#workers.length) {
-      await this.#addWorkers(next.fillers - this.#workers.length, { addresses: loadNative().addresses });
+    const fillerCount = this.#workers.length - this.#evictorCount;
+    if (next.fillers > fillerCount) {
+      await this.#addWorkers(next.fillers - fillerCount, { addresses: loadNative().addresses, role: WorkerRole.FILLER });
     }
-    this.settings = { ...next, fillers: Math.max(next.fillers, this.#workers.length) };
+    this.settings = { ...next, fillers: Math.max(next.fillers, fillerCount) };
+    if (this.#evictorCount > 0) await this.startEvictors();
+  }
+
+  /** Starts evictor workers, up to `settings.evictors` (writable regions need them). */
+  async startEvictors(): Promise<void> {
+    const missing = this.settings.evictors - this.#evictorCount;
+    if (missing <= 0) return;
+    this.#evictorCount += missing;
+    await this.#addWorkers(missing, { addresses: loadNative().addresses, role: WorkerRole.EVICTOR });
   }
 
   #configure(settings: EngineSettings): void {

@@ -1,7 +1,8 @@
 /**
- * A fill worker: a Bun Worker thread that serves the engine's fill requests. It blocks in
- * umap_worker_next() until a request is ready, reads the region's store into the staging buffer
- * the request names, and hands the result back with umap_worker_complete().
+ * A worker thread of the engine: a filler serves fill requests (it reads the region's store into
+ * the staging buffer the request names), an evictor serves write-backs (it writes a page's
+ * write-back copy to the store). Either blocks in umap_worker_next() until a request is ready
+ * and hands the result back with umap_worker_complete().
  *
  * Rules that keep it from deadlocking against the application thread (see the README's Design):
  * it never touches region memory, never waits on the main thread, and never logs through
@@ -11,11 +12,12 @@ import { toArrayBuffer, type Pointer } from "bun:ffi";
 import { writeSync } from "node:fs";
 import { parentPort, workerData } from "node:worker_threads";
 import { describeError } from "./errors.ts";
-import { Feature, linkNative, RequestField, type NativeAddresses } from "./native.ts";
+import { Feature, linkNative, RequestField, RequestKind, type NativeAddresses, type WorkerRole } from "./native.ts";
 import { openStore, storeLabel, type StoreDescriptor, type StoreInstance } from "./store.ts";
 
 export interface FillWorkerData {
   addresses: NativeAddresses;
+  role: WorkerRole;
 }
 
 /** Messages a fill worker posts to the main thread. */
@@ -24,7 +26,8 @@ export type FillWorkerMessage =
   | { type: "failed"; error: string }
   | { type: "ticket"; ticket: number; error: string | null };
 
-const native = linkNative((workerData as FillWorkerData).addresses);
+const { addresses, role } = workerData as FillWorkerData;
+const native = linkNative(addresses);
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
@@ -79,22 +82,35 @@ function stagingView(address: number, byteLength: number): Uint8Array {
   return staging.bytes;
 }
 
-/** Reads one request's bytes into the staging buffer; returns an error message or null. */
-async function fill(slot: number, generation: number, byteOffset: number, byteLength: number): Promise<string | null> {
+/** Serves one fill or write-back request; returns an error message or null. */
+async function serveRequest(kind: number, slot: number, generation: number, byteOffset: number, byteLength: number): Promise<string | null> {
   let open: OpenStore | undefined;
   try {
     open = stores.get(slot);
     if (open?.generation !== generation) open = await storeFor(slot, generation);
-    const target = stagingView(request[RequestField.STAGING]!, request[RequestField.STAGING_BYTES]!).subarray(0, byteLength);
-    // The last page of a store whose size is not a page multiple: the bytes past the end are zero.
+    // The last page of a store whose size is not a page multiple: past the end, a fill
+    // reads zeros and a write-back writes nothing.
     const valid = Math.max(0, Math.min(byteLength, open.store.size - byteOffset));
+    if (kind === RequestKind.WRITE) {
+      const source = new Uint8Array(toArrayBuffer(request[RequestField.STAGING]! as unknown as Pointer, 0, byteLength));
+      if (typeof open.store.write !== "function") throw new Error(`${open.label} cannot be written`);
+      const pending = open.store.write(byteOffset, source.subarray(0, valid));
+      if (pending) await pending;
+      return null;
+    }
+    const target = stagingView(request[RequestField.STAGING]!, request[RequestField.STAGING_BYTES]!).subarray(0, byteLength);
     const pending = open.store.read(byteOffset, target.subarray(0, valid));
     if (pending) await pending;
     if (valid < byteLength) target.fill(0, valid);
     return null;
   } catch (error) {
     const where = open ? open.label : `region ${slot}`;
-    const message = `cannot fill ${where} at byte offset ${byteOffset} (${byteLength} bytes): ${describeError(error)}`;
+    const verb = kind === RequestKind.WRITE ? "write back" : "fill";
+    const message = `cannot ${verb} ${where} at byte offset ${byteOffset} (${byteLength} bytes): ${describeError(error)}`;
+    if (kind === RequestKind.WRITE) {
+      log(`${message}; the page stays dirty and flush() reports it`);
+      return message;
+    }
     if (request[RequestField.FAULTED] === 1) {
       const answer =
         native.umap_engine_features() & Feature.POISON
@@ -107,7 +123,7 @@ async function fill(slot: number, generation: number, byteOffset: number, byteLe
 }
 
 async function serve(): Promise<void> {
-  const id = native.umap_worker_register();
+  const id = native.umap_worker_register(role);
   if (id < 0) {
     parentPort!.postMessage({ type: "failed", error: `umap_worker_register: ${id}` } satisfies FillWorkerMessage);
     return;
@@ -122,11 +138,17 @@ async function serve(): Promise<void> {
         await Bun.sleep(10);
         continue;
       }
-      const byteLength = request[RequestField.BYTE_LENGTH]!;
+      const kind = request[RequestField.KIND]!;
       const error =
-        byteLength > 0
-          ? await fill(request[RequestField.SLOT]!, request[RequestField.GENERATION]!, request[RequestField.BYTE_OFFSET]!, byteLength)
-          : null;
+        kind === RequestKind.MARKER
+          ? null
+          : await serveRequest(
+              kind,
+              request[RequestField.SLOT]!,
+              request[RequestField.GENERATION]!,
+              request[RequestField.BYTE_OFFSET]!,
+              request[RequestField.BYTE_LENGTH]!,
+            );
       const errorBytes = error ? encoder.encode(error) : null;
       const ticket = native.umap_worker_complete(id, error ? -5 : 0, errorBytes, errorBytes?.length ?? 0);
       if (ticket > 0) {

@@ -17,18 +17,20 @@ const symbols = {
   umap_engine_resident_bytes: { args: [], returns: i64_fast },
   umap_engine_stray_faults: { args: [], returns: i64_fast },
   umap_system_page_size: { args: [], returns: i64_fast },
-  umap_region_create: { args: [u64, u64, i64, ptr, u64], returns: i64_fast },
+  umap_region_create: { args: [u64, u64, i64, i32, ptr, u64], returns: i64_fast },
   umap_region_base: { args: [u32], returns: ptr },
   umap_region_generation: { args: [u32], returns: i64_fast },
   umap_region_descriptor: { args: [u32, u32, ptr, u64], returns: i64_fast },
   umap_region_stats: { args: [u32, ptr], returns: i32 },
   umap_region_count_state: { args: [u32, u64, u64, u32], returns: i64_fast },
   umap_region_prefetch: { args: [u32, u64, u64], returns: i64_fast },
+  umap_region_flush: { args: [u32], returns: i64_fast },
+  umap_region_writeback_pending: { args: [u32, u64, ptr, u64], returns: i64_fast },
   umap_region_close_begin: { args: [u32], returns: i64_fast },
   umap_region_inflight: { args: [u32], returns: i64_fast },
   umap_region_release: { args: [u32], returns: i32 },
   umap_ticket_take: { args: [u32, ptr, u64], returns: i64_fast },
-  umap_worker_register: { args: [], returns: i32 },
+  umap_worker_register: { args: [i32], returns: i32 },
   umap_worker_unregister: { args: [i32], returns: i32 },
   umap_worker_next: { args: [i32, ptr], returns: i32 },
   umap_worker_complete: { args: [i32, i32, ptr, u64], returns: i64_fast },
@@ -42,7 +44,14 @@ export type Native = { [K in keyof Symbols]: NativeFn<Symbols[K]> };
 export type NativeAddresses = { [K in keyof Symbols]: number };
 
 /** userfaultfd feature bits the engine uses (UFFD_FEATURE_*). */
-export const Feature = { POISON: 1 << 14 } as const;
+export const Feature = { WRITE_PROTECT: 1 << 0, POISON: 1 << 14 } as const;
+
+/** What a worker serves (csrc/umap.c, enum worker_role). */
+export const WorkerRole = { FILLER: 0, EVICTOR: 1 } as const;
+export type WorkerRole = (typeof WorkerRole)[keyof typeof WorkerRole];
+
+/** What a request asks for (csrc/umap.c, enum request_kind). */
+export const RequestKind = { FILL: 0, WRITE: 1, MARKER: 2 } as const;
 
 /** Page states as the engine keeps them (csrc/umap.c, enum page_state). */
 export const PageState = { EMPTY: 0, FILLING: 1, PRESENT: 2, POISONED: 3 } as const;
@@ -62,6 +71,11 @@ export const REGION_STAT_FIELDS = [
   "poisonedPages",
   "zeroedPages",
   "copyRaces",
+  "writeFaults",
+  "writebacks",
+  "bytesWritten",
+  "writebackErrors",
+  "writebackServes",
 ] as const;
 
 /** The order of umap_worker_next()'s output (csrc/umap.c, enum worker_field). */
@@ -74,7 +88,8 @@ export const RequestField = {
   STAGING_BYTES: 5,
   TICKET: 6,
   FAULTED: 7,
-  COUNT: 8,
+  KIND: 8,
+  COUNT: 9,
 } as const;
 
 export const SOURCE_PATH = new URL("../csrc/umap.c", import.meta.url).pathname;

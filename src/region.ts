@@ -3,20 +3,34 @@
  */
 import { toArrayBuffer, type Pointer } from "bun:ffi";
 import { Engine } from "./engine.ts";
-import { ErrorCode, UmapError, engineError, invalidArgument } from "./errors.ts";
+import { ErrorCode, UmapError, describeError, engineError, invalidArgument } from "./errors.ts";
 import { PageState, REGION_STAT_FIELDS } from "./native.ts";
 import type { StoreInstance } from "./store.ts";
 
 /** JavaScriptCore's limit for one ArrayBuffer: larger regions are read through view(). */
 export const MAX_VIEW_BYTES = 2 ** 32;
-/** How often close() and prefetch() look again at fills still in flight. */
+/** How often close(), flush() and prefetch() look again at requests still in flight. */
 const POLL_INTERVAL_MS = 1;
 const EAGAIN = -11;
+const ENOMEM = -12;
+const EIO = -5;
 
-export type RegionStats = { [K in (typeof REGION_STAT_FIELDS)[number]]: number } & {
-  writebacks: number;
-  bytesWritten: number;
-};
+export type RegionStats = { [K in (typeof REGION_STAT_FIELDS)[number]]: number };
+
+/**
+ * Writable regions still open. When the script's event loop runs dry, each is flushed once more
+ * before the process exits, so a script that ends without close() keeps its writes.
+ */
+const openWritableRegions = new Set<Region>();
+let exitFlushInstalled = false;
+
+function installExitFlush(): void {
+  if (exitFlushInstalled) return;
+  exitFlushInstalled = true;
+  process.on("beforeExit", () => {
+    for (const region of openWritableRegions) region.flushBeforeExit();
+  });
+}
 
 export class Region {
   /** Bytes of the store: not rounded up to a page. */
@@ -28,7 +42,16 @@ export class Region {
   readonly label: string;
   readonly #engine: Engine;
   readonly #slot: number;
-  readonly #ownedStore: StoreInstance | undefined;
+  /** The main thread's instance of the store: flush() makes the workers' writes durable with it. */
+  readonly #store: StoreInstance;
+  readonly #ownsStore: boolean;
+  readonly writable: boolean;
+  /** The flush mark whose write-backs are known to be in the store (see umap_region_flush). */
+  #flushedMark = 0;
+  #exitFlushFailed = false;
+  /** close() got as far as telling the engine: a retried close() resumes from there. */
+  #closeBegun = false;
+  readonly #errorText = new Uint8Array(512);
   /** Every ArrayBuffer handed out over region memory: close() detaches them. */
   readonly #buffers: WeakRef<ArrayBuffer>[] = [];
   #bytes: Uint8Array | undefined;
@@ -42,18 +65,26 @@ export class Region {
     label: string;
     byteLength: number;
     pageSize: number;
-    /** A store umap() opened for this region, closed with it. */
-    ownedStore: StoreInstance | undefined;
+    writable: boolean;
+    store: StoreInstance;
+    /** umap() opened the store for this region: it is closed with the region. */
+    ownsStore: boolean;
   }) {
     this.#engine = init.engine;
     this.#slot = init.slot;
-    this.#ownedStore = init.ownedStore;
+    this.#store = init.store;
+    this.#ownsStore = init.ownsStore;
+    this.writable = init.writable;
     this.label = init.label;
     this.byteLength = init.byteLength;
     this.pageSize = init.pageSize;
     const base = init.engine.native.umap_region_base(init.slot);
     if (base === null) throw new UmapError(ErrorCode.INTERNAL, `region ${init.label}: the engine lost its memory`);
     this.address = Number(base);
+    if (this.writable) {
+      openWritableRegions.add(this);
+      installExitFlush();
+    }
   }
 
   /** The whole region as bytes (regions up to 4 GiB; use view() beyond). */
@@ -113,18 +144,41 @@ export class Region {
     }
   }
 
-  /** Writes every dirty page back and flushes the store (read-only regions have none). */
+  /**
+   * Resolves once every page dirty at the call is written to the store and the store is
+   * flushed (fsync for files). Rejects with ERR_UMAP_STORE if the store fails; the pages stay
+   * dirty, so a later flush() can succeed. Read-only regions have nothing to write.
+   */
   async flush(): Promise<void> {
     this.#checkOpen("flush");
+    if (this.writable) await this.#flushPages();
   }
 
   /**
-   * Releases the region: detaches every view it handed out (they read as empty afterwards),
-   * unmaps its memory and closes the store. Idempotent.
+   * Flushes (writable regions), then releases the region: detaches every view it handed out
+   * (they read as empty afterwards), unmaps its memory and closes the store. Idempotent. If the
+   * flush fails it rejects and the region stays open, so nothing dirty is dropped.
    */
   close(): Promise<void> {
-    this.#closing ??= this.#close();
+    this.#closing ??= this.#close().catch((error: unknown) => {
+      this.#closing = undefined;
+      throw error;
+    });
     return this.#closing;
+  }
+
+  /** @internal Starts one last flush when the process is about to exit, if anything is dirty. */
+  flushBeforeExit(): void {
+    if (this.#closing || this.#exitFlushFailed) return;
+    const native = this.#engine.native;
+    const mark = native.umap_region_flush(this.#slot);
+    // Nothing new since the last flush: no work, so the process can exit.
+    if (mark >= 0 && mark === this.#flushedMark) return;
+    this.#flushPages(mark).catch((error: unknown) => {
+      this.#exitFlushFailed = true;
+      process.exitCode ||= 1;
+      process.stderr.write(`bun-umap: flushing ${this.label} before exit failed: ${(error as Error).message}\n`);
+    });
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -135,7 +189,7 @@ export class Region {
     this.#checkOpen("stats");
     const result = this.#engine.native.umap_region_stats(this.#slot, this.#statsOut);
     if (result < 0) throw engineError(result, `stats of region ${this.label}`);
-    const stats = { writebacks: 0, bytesWritten: 0 } as RegionStats;
+    const stats = {} as RegionStats;
     REGION_STAT_FIELDS.forEach((name, i) => {
       stats[name] = this.#statsOut[i]!;
     });
@@ -151,10 +205,49 @@ export class Region {
     return this.#closing !== undefined;
   }
 
+  /**
+   * Snapshots every dirty page for write-back (or takes the mark a caller already got), waits
+   * until all write-backs below the mark are in the store, then flushes the store.
+   */
+  async #flushPages(startedMark?: number): Promise<void> {
+    const native = this.#engine.native;
+    let mark = startedMark ?? native.umap_region_flush(this.#slot);
+    // The write queue was full or memory short: what was copied stays queued; copy the rest.
+    while (mark === EAGAIN || mark === ENOMEM) {
+      await Bun.sleep(POLL_INTERVAL_MS);
+      mark = native.umap_region_flush(this.#slot);
+    }
+    if (mark < 0) throw engineError(mark, `flushing region ${this.label}`);
+    for (;;) {
+      const pending = native.umap_region_writeback_pending(this.#slot, mark, this.#errorText, this.#errorText.length);
+      if (pending === 0) break;
+      if (pending === EIO) {
+        const text = new TextDecoder().decode(this.#errorText.subarray(0, this.#errorText.indexOf(0) >>> 0));
+        throw new UmapError(ErrorCode.STORE, `flush of ${this.label} failed; its dirty pages are kept for the next flush: ${text}`, {
+          cause: new Error(text),
+        });
+      }
+      if (pending < 0) throw engineError(pending, `flushing region ${this.label}`);
+      await Bun.sleep(POLL_INTERVAL_MS);
+    }
+    try {
+      await this.#store.flush?.();
+    } catch (error) {
+      throw new UmapError(ErrorCode.STORE, `flush of ${this.label} failed: ${describeError(error)}`, { cause: error });
+    }
+    this.#flushedMark = Math.max(this.#flushedMark, mark);
+  }
+
   async #close(): Promise<void> {
     const native = this.#engine.native;
-    const begun = native.umap_region_close_begin(this.#slot);
-    if (begun < 0) throw engineError(begun, `closing region ${this.label}`);
+    if (this.writable && !this.#closeBegun) await this.#flushPages();
+    if (!this.#closeBegun) {
+      const begun = native.umap_region_close_begin(this.#slot);
+      if (begun < 0) throw engineError(begun, `closing region ${this.label}`);
+      this.#closeBegun = true;
+    }
+    // Writes that raced the flush above (another thread still writing) are written now.
+    if (this.writable) await this.#flushPages();
     while (native.umap_region_inflight(this.#slot) > 0) await Bun.sleep(POLL_INTERVAL_MS);
     // Detach before unmapping: a view kept past close() then reads as empty instead of
     // touching unmapped memory.
@@ -163,8 +256,9 @@ export class Region {
     this.#bytes = undefined;
     const released = native.umap_region_release(this.#slot);
     if (released < 0) throw engineError(released, `releasing region ${this.label}`);
+    openWritableRegions.delete(this);
     try {
-      await this.#ownedStore?.close?.();
+      if (this.#ownsStore) await this.#store.close?.();
     } finally {
       await this.#engine.removeRegion(this.#slot);
     }
@@ -181,7 +275,9 @@ export class Region {
   }
 
   #checkOpen(method: string): void {
-    if (this.#closing) throw new UmapError(ErrorCode.CLOSED, `region ${this.label} is closed: cannot use ${method}()`);
+    if (this.#closing || this.#closeBegun) {
+      throw new UmapError(ErrorCode.CLOSED, `region ${this.label} is closed: cannot use ${method}()`);
+    }
   }
 
   #checkRange(method: string, byteOffset: number, byteLength: number): void {

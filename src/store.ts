@@ -35,6 +35,8 @@ export interface Store extends StoreInstance {
   describe(): StoreDescriptor;
   /** Names the store in messages: "FileStore /data/x". */
   readonly label: string;
+  /** False for a store opened read-only. */
+  readonly writable?: boolean;
 }
 
 /** A user's own store: `module`'s default export is constructed with `options` in each worker. */
