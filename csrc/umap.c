@@ -181,6 +181,7 @@ static struct engine {
 	int running;
 	int stopping;
 	uint64_t epoch; /* counts engine starts */
+	uint64_t releases; /* counts region releases: workers then close stores of gone regions */
 	int uffd;
 	int wake_fd;
 	pthread_t monitor;
@@ -192,6 +193,9 @@ static struct engine {
 	uint64_t high_bytes;
 	uint64_t low_bytes;
 	uint64_t resident_bytes;
+	/* Of resident_bytes, those of evicted pages whose write-back is still in flight: already
+	 * on their way out, so eviction does not count them as bytes it still has to free. */
+	uint64_t writeback_bytes;
 	uint32_t fault_events_max;
 	uint64_t stray_faults;
 
@@ -521,6 +525,17 @@ static int32_t writeback_create(struct region *r, uint64_t page, const char *byt
 	return index;
 }
 
+/* An entry's bytes stop counting in the buffer. */
+static void writeback_unaccount(const struct region *r, struct writeback *wb)
+{
+	UMAP_ASSERT(wb->accounted);
+	UMAP_ASSERT(E.resident_bytes >= r->page_size && E.writeback_bytes >= r->page_size);
+	wb->accounted = 0;
+	E.resident_bytes -= r->page_size;
+	E.writeback_bytes -= r->page_size;
+	pthread_cond_broadcast(&E.space_cv);
+}
+
 /* Frees an entry whose bytes are in the store, or now live in the region's page again. */
 static void writeback_remove(struct region *r, int32_t index)
 {
@@ -530,10 +545,8 @@ static void writeback_remove(struct region *r, int32_t index)
 	while (*link != index)
 		link = &E.writebacks[*link].next;
 	*link = wb->next;
-	if (wb->accounted) {
-		UMAP_ASSERT(E.resident_bytes >= r->page_size);
-		E.resident_bytes -= r->page_size;
-	}
+	if (wb->accounted)
+		writeback_unaccount(r, wb);
 	r->state[wb->page] &= (uint8_t)~PAGE_WRITEBACK;
 	r->writeback_count--;
 	free(wb->data);
@@ -601,9 +614,10 @@ static int32_t snapshot_page(struct region *r, uint64_t page)
 }
 
 /*
- * Evicts installed pages, oldest first, until no more than target_bytes are resident or nothing
- * more can go. Pages still being filled are passed over and keep their place at the back.
- * Contiguous pages of one region are released with one madvise() call.
+ * Evicts installed pages, oldest first, until no more than target_bytes are resident (not
+ * counting evicted pages still being written back) or nothing more can go. Pages still being
+ * filled are passed over and keep their place at the back. Contiguous pages of one region are
+ * released with one madvise() call.
  */
 static void evict_to(uint64_t target_bytes)
 {
@@ -611,7 +625,7 @@ static void evict_to(uint64_t target_bytes)
 	struct region *run = NULL;
 	uint64_t run_first = 0, run_count = 0;
 
-	while (E.resident_bytes > target_bytes && budget-- > 0 && E.fifo_count > 0) {
+	while (E.resident_bytes - E.writeback_bytes > target_bytes && budget-- > 0 && E.fifo_count > 0) {
 		uint64_t entry = E.fifo[E.fifo_head];
 		E.fifo_head = (E.fifo_head + 1) % E.fifo_capacity;
 		E.fifo_count--;
@@ -645,6 +659,7 @@ static void evict_to(uint64_t target_bytes)
 			struct writeback *wb = &E.writebacks[index];
 			if (!wb->accounted) {
 				wb->accounted = 1;
+				E.writeback_bytes += r->page_size;
 				accounted_elsewhere = 1;
 			}
 		}
@@ -1075,6 +1090,7 @@ int64_t umap_engine_start(uint64_t feature_mask)
 	E.stopping = 0;
 	E.stray_faults = 0;
 	E.resident_bytes = 0;
+	E.writeback_bytes = 0;
 	E.fills.head = E.fills.count = 0;
 	E.writes.head = E.writes.count = 0;
 	E.command_count = 0;
@@ -1428,7 +1444,8 @@ int64_t umap_region_prefetch(uint32_t slot, uint64_t first_page, uint64_t page_c
 /*
  * Takes a completed ticket's outcome and frees the ticket: copies the first error message (if
  * any) into buf and returns its length, 0 if the ticket succeeded, or -EINVAL for a ticket that
- * is not complete.
+ * is not complete. Only the thread that waits on the ticket takes it, so a ticket number is
+ * never reused before its waiter has its outcome.
  */
 int64_t umap_ticket_take(uint32_t ticket, char *buf, uint64_t capacity)
 {
@@ -1501,10 +1518,13 @@ int64_t umap_region_flush(uint32_t slot)
 
 /*
  * How the write-backs below a flush mark stand: the number still queued or being written
- * (> 0), 0 when all are in the store, or -EIO if none is pending but some failed (the last
- * store error is copied into error, at most capacity bytes). -ENOENT.
+ * (> 0), 0 when all are in the store, or -EIO if none is pending but one failed: an entry below
+ * the mark is waiting for a retry, or the region's count of failed writes has passed
+ * failures_before (its count when the flush began; the page of such a write is dirty again).
+ * With -EIO the last store error is copied into error, at most capacity bytes. -ENOENT.
  */
-int64_t umap_region_writeback_pending(uint32_t slot, uint64_t mark, char *error, uint64_t capacity)
+int64_t umap_region_writeback_pending(uint32_t slot, uint64_t mark, uint64_t failures_before,
+				      char *error, uint64_t capacity)
 {
 	pthread_mutex_lock(&E.mu);
 	struct region *r = region_at(slot);
@@ -1522,7 +1542,7 @@ int64_t umap_region_writeback_pending(uint32_t slot, uint64_t mark, char *error,
 		else
 			pending++;
 	}
-	if (pending == 0 && failed > 0) {
+	if (pending == 0 && (failed > 0 || r->stat[STAT_WRITEBACK_ERRORS] > failures_before)) {
 		uint64_t len = min_u64(strnlen(r->write_error, sizeof r->write_error), capacity);
 		memcpy(error, r->write_error, len);
 		if (len < capacity)
@@ -1612,6 +1632,7 @@ int umap_region_release(uint32_t slot)
 	r->descriptor = NULL;
 	r->live = 0;
 	r->closing = 0;
+	E.releases++;
 	pthread_cond_broadcast(&E.space_cv);
 	pthread_mutex_unlock(&E.mu);
 	return 0;
@@ -1630,6 +1651,7 @@ enum worker_field {
 	REQ_TICKET,
 	REQ_FAULTED,      /* 1 if a thread faulted on the request's first page */
 	REQ_KIND,         /* enum request_kind */
+	REQ_RELEASES,     /* regions released so far: when it changes, drop stores of gone ones */
 	REQ_FIELDS
 };
 
@@ -1744,6 +1766,7 @@ int umap_worker_next(int id, double *out)
 	out[REQ_TICKET] = req.ticket;
 	out[REQ_FAULTED] = req.fault_page != UINT64_MAX;
 	out[REQ_KIND] = req.kind;
+	out[REQ_RELEASES] = (double)E.releases;
 	pthread_mutex_unlock(&E.mu);
 	return 1;
 }
@@ -1830,11 +1853,8 @@ static void complete_write(struct region *r, int32_t index, int status, const ch
 	}
 	if (status != 0) {
 		wb->state = WB_FAILED;
-		if (wb->accounted) {
-			wb->accounted = 0;
-			E.resident_bytes -= r->page_size;
-			pthread_cond_broadcast(&E.space_cv);
-		}
+		if (wb->accounted)
+			writeback_unaccount(r, wb);
 		return;
 	}
 	wb->state = WB_QUEUED;
@@ -1935,6 +1955,18 @@ int umap_test_preinstall_zero_page(uint32_t slot, uint64_t page)
 	}
 	pthread_mutex_unlock(&E.mu);
 	return result;
+}
+
+/* Duplicates a file descriptor (close-on-exec): a region keeps its own, shared by its workers. */
+int umap_fd_dup(int fd)
+{
+	int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	return dup < 0 ? -errno : dup;
+}
+
+int umap_fd_close(int fd)
+{
+	return close(fd) ? -errno : 0;
 }
 
 /* The system page size in bytes. */

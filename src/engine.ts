@@ -38,7 +38,11 @@ export class Engine {
   /** Evictors start with the first writable region: read-only use never pays for them. */
   #evictorCount = 0;
   readonly #tickets = new Map<number, Ticket>();
-  readonly #regions = new Set<number>();
+  /** Page size of each live region, by slot. */
+  readonly #regionPageSizes = new Map<number, number>();
+  /** umap() calls holding the engine for a region they are creating (see acquire()). */
+  #holds = 0;
+  readonly #ticketError = new Uint8Array(512);
   #stopping: Promise<void> | undefined;
 
   private constructor(native: Native, features: number, settings: EngineSettings) {
@@ -55,21 +59,35 @@ export class Engine {
   }
 
   /**
-   * The running engine, started with `settings` if it was not running. A running engine takes
-   * the settings the caller chose explicitly: the buffer is resized and the pools grow.
+   * The running engine, started with `settings` if it was not running, for a new region with
+   * pages of pageSize bytes. A running engine takes the settings the caller chose explicitly:
+   * the buffer is resized and the pools grow. The engine is held for the new region (it does
+   * not stop, even if its last region closes meanwhile) until the caller calls addRegion() or
+   * release().
    */
-  static async acquire(settings: EngineSettings, explicit: ExplicitSettings): Promise<Engine> {
-    while (Engine.#starting) await Engine.#starting.catch(() => {});
-    const running = Engine.#current;
-    if (running) {
-      await running.#reconfigure(settings, explicit);
-      return running;
-    }
-    Engine.#starting = Engine.#start(settings);
-    try {
-      return await Engine.#starting;
-    } finally {
-      Engine.#starting = undefined;
+  static async acquire(settings: EngineSettings, explicit: ExplicitSettings, pageSize: number): Promise<Engine> {
+    for (;;) {
+      while (Engine.#starting) await Engine.#starting.catch(() => {});
+      const running = Engine.#current;
+      if (running) {
+        running.#holds++;
+        try {
+          await running.#reconfigure(settings, explicit, pageSize);
+        } catch (error) {
+          await running.release();
+          throw error;
+        }
+        return running;
+      }
+      if (Engine.#starting) continue;
+      Engine.#starting = Engine.#start(settings);
+      try {
+        const engine = await Engine.#starting;
+        engine.#holds++;
+        return engine;
+      } finally {
+        Engine.#starting = undefined;
+      }
     }
   }
 
@@ -89,19 +107,19 @@ export class Engine {
     return engine;
   }
 
-  /** Largest page size among live regions, which the buffer must always be able to hold. */
-  #largestPageSize = new Map<number, number>();
-
-  async #reconfigure(settings: EngineSettings, explicit: ExplicitSettings): Promise<void> {
+  async #reconfigure(settings: EngineSettings, explicit: ExplicitSettings, pageSize: number): Promise<void> {
     const next: EngineSettings = { ...this.settings };
     for (const key of Object.keys(explicit) as (keyof EngineSettings)[]) {
       if (explicit[key]) next[key] = settings[key];
     }
-    const largest = Math.max(0, ...this.#largestPageSize.values());
+    // The shared buffer must always hold a page of every region, or a fault would wait forever.
+    const largest = Math.max(pageSize, ...this.#regionPageSizes.values());
     if (next.bufferBytes < largest) {
       throw new UmapError(
         ErrorCode.INVALID_ARGUMENT,
-        `option bufferSize (${next.bufferBytes} bytes) is smaller than a page of an open region (${largest} bytes)`,
+        explicit.bufferBytes
+          ? `option bufferSize (${next.bufferBytes} bytes) is smaller than a page of an open region (${largest} bytes)`
+          : `pageSize ${largest} is larger than the page buffer the open regions share (${next.bufferBytes} bytes): pass a larger bufferSize`,
       );
     }
     this.#configure(next);
@@ -156,7 +174,7 @@ export class Engine {
           clearTimeout(timer);
           reject(new UmapError(ErrorCode.INTERNAL, `a fill worker could not start: ${message.error}`));
         } else if (message.type === "ticket") {
-          this.#settleTicket(message.ticket, message.error);
+          this.#settleTicket(message.ticket);
         }
       });
       worker.on("error", (error: Error) => {
@@ -166,21 +184,26 @@ export class Engine {
     });
   }
 
+  /** Records a new region, ending the hold its acquire() took. */
   addRegion(slot: number, pageSize: number): void {
-    this.#regions.add(slot);
-    this.#largestPageSize.set(slot, pageSize);
+    this.#regionPageSizes.set(slot, pageSize);
+    this.#holds--;
+  }
+
+  /** Ends a hold from acquire() that did not become a region; stops the engine if idle. */
+  async release(): Promise<void> {
+    this.#holds--;
+    await this.#stopIfIdle();
   }
 
   /** Forgets a released region; the last one stops the engine. */
   async removeRegion(slot: number): Promise<void> {
-    this.#regions.delete(slot);
-    this.#largestPageSize.delete(slot);
-    await this.stopIfIdle();
+    this.#regionPageSizes.delete(slot);
+    await this.#stopIfIdle();
   }
 
-  /** Stops the engine if no region is live. */
-  async stopIfIdle(): Promise<void> {
-    if (this.#regions.size === 0 && Engine.#current === this) {
+  async #stopIfIdle(): Promise<void> {
+    if (this.#regionPageSizes.size === 0 && this.#holds === 0 && Engine.#current === this) {
       Engine.#current = undefined;
       await this.#shutdown();
     }
@@ -195,7 +218,9 @@ export class Engine {
     });
   }
 
-  #settleTicket(ticket: number, error: string | null): void {
+  #settleTicket(ticket: number): void {
+    const length = this.native.umap_ticket_take(ticket, this.#ticketError, this.#ticketError.length);
+    const error = length > 0 ? new TextDecoder().decode(this.#ticketError.subarray(0, length)) : null;
     const waiter = this.#tickets.get(ticket);
     if (!waiter) return;
     this.#tickets.delete(ticket);

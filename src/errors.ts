@@ -24,9 +24,11 @@ export class UmapError extends Error {
   }
 }
 
-const errnoNames = new Map<number, string>(
-  Object.entries(constants.errno).map(([name, value]) => [value, name] as [number, string]),
-);
+const errnoNames = new Map<number, string>([
+  // The engine's own errno values that Node's table lacks (Linux numbering).
+  [108, "ESHUTDOWN"],
+  ...Object.entries(constants.errno).map(([name, value]) => [value, name] as [number, string]),
+]);
 
 /** "ENOENT" for 2, and so on; "errno N" for numbers the platform does not name. */
 export function errnoName(errno: number): string {

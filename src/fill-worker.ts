@@ -24,7 +24,7 @@ export interface FillWorkerData {
 export type FillWorkerMessage =
   | { type: "ready" }
   | { type: "failed"; error: string }
-  | { type: "ticket"; ticket: number; error: string | null };
+  | { type: "ticket"; ticket: number };
 
 const { addresses, role } = workerData as FillWorkerData;
 const native = linkNative(addresses);
@@ -38,7 +38,7 @@ interface OpenStore {
 }
 const stores = new Map<number, OpenStore>();
 const request = new Float64Array(RequestField.COUNT);
-const ticketError = new Uint8Array(512);
+let releasesSeen = 0;
 let staging: { address: number; bytes: Uint8Array } | undefined;
 
 function log(message: string): void {
@@ -64,6 +64,16 @@ async function storeFor(slot: number, generation: number): Promise<OpenStore> {
   const opened = { generation, store, label: storeLabel(store, descriptor) };
   stores.set(slot, opened);
   return opened;
+}
+
+/** Closes the stores of regions released since the last look (their slots changed generation). */
+async function dropReleasedStores(): Promise<void> {
+  for (const [slot, open] of stores) {
+    if (native.umap_region_generation(slot) !== open.generation) {
+      stores.delete(slot);
+      await closeQuietly(open);
+    }
+  }
 }
 
 async function closeQuietly(open: OpenStore): Promise<void> {
@@ -99,9 +109,15 @@ async function serveRequest(kind: number, slot: number, generation: number, byte
       return null;
     }
     const target = stagingView(request[RequestField.STAGING]!, request[RequestField.STAGING_BYTES]!).subarray(0, byteLength);
-    const pending = open.store.read(byteOffset, target.subarray(0, valid));
-    if (pending) await pending;
-    if (valid < byteLength) target.fill(0, valid);
+    // Never let a store that fills less than it should leave an earlier fill's bytes behind.
+    target.fill(0);
+    const returned = open.store.read(byteOffset, target.subarray(0, valid));
+    if (returned !== undefined) {
+      if (!(returned instanceof Promise)) {
+        throw new Error(`read() must return undefined or a Promise, returned ${typeof returned}`);
+      }
+      await returned;
+    }
     return null;
   } catch (error) {
     const where = open ? open.label : `region ${slot}`;
@@ -138,6 +154,10 @@ async function serve(): Promise<void> {
         await Bun.sleep(10);
         continue;
       }
+      if (request[RequestField.RELEASES] !== releasesSeen) {
+        releasesSeen = request[RequestField.RELEASES]!;
+        await dropReleasedStores();
+      }
       const kind = request[RequestField.KIND]!;
       const error =
         kind === RequestKind.MARKER
@@ -151,14 +171,8 @@ async function serve(): Promise<void> {
             );
       const errorBytes = error ? encoder.encode(error) : null;
       const ticket = native.umap_worker_complete(id, error ? -5 : 0, errorBytes, errorBytes?.length ?? 0);
-      if (ticket > 0) {
-        const length = native.umap_ticket_take(ticket, ticketError, ticketError.length);
-        parentPort!.postMessage({
-          type: "ticket",
-          ticket,
-          error: length > 0 ? decoder.decode(ticketError.subarray(0, length)) : null,
-        } satisfies FillWorkerMessage);
-      }
+      // The main thread takes the ticket's outcome: only it frees the ticket number.
+      if (ticket > 0) parentPort!.postMessage({ type: "ticket", ticket } satisfies FillWorkerMessage);
     }
   } finally {
     native.umap_worker_unregister(id);

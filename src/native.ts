@@ -4,6 +4,7 @@
  * because every `cc()` call would be a separate copy with its own globals.
  */
 import { cc, FFIType, linkSymbols, type FFIFunction, type Pointer } from "bun:ffi";
+import { ErrorCode, UmapError } from "./errors.ts";
 
 const { i32, u32, i64, u64, i64_fast, ptr } = FFIType;
 
@@ -25,7 +26,7 @@ const symbols = {
   umap_region_count_state: { args: [u32, u64, u64, u32], returns: i64_fast },
   umap_region_prefetch: { args: [u32, u64, u64], returns: i64_fast },
   umap_region_flush: { args: [u32], returns: i64_fast },
-  umap_region_writeback_pending: { args: [u32, u64, ptr, u64], returns: i64_fast },
+  umap_region_writeback_pending: { args: [u32, u64, u64, ptr, u64], returns: i64_fast },
   umap_region_close_begin: { args: [u32], returns: i64_fast },
   umap_region_inflight: { args: [u32], returns: i64_fast },
   umap_region_release: { args: [u32], returns: i32 },
@@ -35,6 +36,8 @@ const symbols = {
   umap_worker_next: { args: [i32, ptr], returns: i32 },
   umap_worker_complete: { args: [i32, i32, ptr, u64], returns: i64_fast },
   umap_test_preinstall_zero_page: { args: [u32, u64], returns: i32 },
+  umap_fd_dup: { args: [i32], returns: i32 },
+  umap_fd_close: { args: [i32], returns: i32 },
 } as const satisfies Record<string, FFIFunction>;
 
 type Symbols = typeof symbols;
@@ -89,7 +92,8 @@ export const RequestField = {
   TICKET: 6,
   FAULTED: 7,
   KIND: 8,
-  COUNT: 9,
+  RELEASES: 9,
+  COUNT: 10,
 } as const;
 
 export const SOURCE_PATH = new URL("../csrc/umap.c", import.meta.url).pathname;
@@ -99,7 +103,18 @@ let compiled: { native: Native; addresses: NativeAddresses; library: unknown } |
 /** Compiles the engine (once per process, on the main thread) and returns its functions. */
 export function loadNative(): { native: Native; addresses: NativeAddresses } {
   if (!compiled) {
-    const library = cc({ source: SOURCE_PATH, symbols });
+    let library: ReturnType<typeof cc>;
+    try {
+      library = cc({ source: SOURCE_PATH, symbols });
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      const hint = /userfaultfd\.h|include file/.test(message)
+        ? ": the Linux kernel headers are missing (install linux-libc-dev on Debian or Ubuntu, kernel-headers on Fedora)"
+        : "";
+      throw new UmapError(ErrorCode.UNSUPPORTED, `cannot compile the fault engine ${SOURCE_PATH}${hint}: ${message}`, {
+        cause: error,
+      });
+    }
     const addresses = {} as Record<string, number>;
     for (const name of Object.keys(symbols)) {
       addresses[name] = Number((library.symbols as unknown as Record<string, { ptr: Pointer }>)[name]!.ptr);

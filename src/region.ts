@@ -5,7 +5,7 @@ import { toArrayBuffer, type Pointer } from "bun:ffi";
 import { Engine } from "./engine.ts";
 import { ErrorCode, UmapError, describeError, engineError, invalidArgument } from "./errors.ts";
 import { PageState, REGION_STAT_FIELDS } from "./native.ts";
-import type { StoreInstance } from "./store.ts";
+import { closeStore, type StoreInstance } from "./store.ts";
 
 /** JavaScriptCore's limit for one ArrayBuffer: larger regions are read through view(). */
 export const MAX_VIEW_BYTES = 2 ** 32;
@@ -45,6 +45,7 @@ export class Region {
   /** The main thread's instance of the store: flush() makes the workers' writes durable with it. */
   readonly #store: StoreInstance;
   readonly #ownsStore: boolean;
+  readonly #sharedFd: number | undefined;
   readonly writable: boolean;
   /** The flush mark whose write-backs are known to be in the store (see umap_region_flush). */
   #flushedMark = 0;
@@ -69,7 +70,10 @@ export class Region {
     store: StoreInstance;
     /** umap() opened the store for this region: it is closed with the region. */
     ownsStore: boolean;
+    /** A descriptor the region's workers share, closed when the region is released. */
+    sharedFd: number | undefined;
   }) {
+    this.#sharedFd = init.sharedFd;
     this.#engine = init.engine;
     this.#slot = init.slot;
     this.#store = init.store;
@@ -187,8 +191,7 @@ export class Region {
 
   stats(): RegionStats {
     this.#checkOpen("stats");
-    const result = this.#engine.native.umap_region_stats(this.#slot, this.#statsOut);
-    if (result < 0) throw engineError(result, `stats of region ${this.label}`);
+    this.#stat("faults"); // reads every counter into #statsOut
     const stats = {} as RegionStats;
     REGION_STAT_FIELDS.forEach((name, i) => {
       stats[name] = this.#statsOut[i]!;
@@ -211,6 +214,8 @@ export class Region {
    */
   async #flushPages(startedMark?: number): Promise<void> {
     const native = this.#engine.native;
+    // Write failures from here on, of this flush's pages or of pages evicted meanwhile, fail it.
+    const failuresBefore = this.#stat("writebackErrors");
     let mark = startedMark ?? native.umap_region_flush(this.#slot);
     // The write queue was full or memory short: what was copied stays queued; copy the rest.
     while (mark === EAGAIN || mark === ENOMEM) {
@@ -219,10 +224,11 @@ export class Region {
     }
     if (mark < 0) throw engineError(mark, `flushing region ${this.label}`);
     for (;;) {
-      const pending = native.umap_region_writeback_pending(this.#slot, mark, this.#errorText, this.#errorText.length);
+      const pending = native.umap_region_writeback_pending(this.#slot, mark, failuresBefore, this.#errorText, this.#errorText.length);
       if (pending === 0) break;
       if (pending === EIO) {
-        const text = new TextDecoder().decode(this.#errorText.subarray(0, this.#errorText.indexOf(0) >>> 0));
+        const end = this.#errorText.indexOf(0);
+        const text = new TextDecoder().decode(this.#errorText.subarray(0, end < 0 ? undefined : end));
         throw new UmapError(ErrorCode.STORE, `flush of ${this.label} failed; its dirty pages are kept for the next flush: ${text}`, {
           cause: new Error(text),
         });
@@ -236,6 +242,12 @@ export class Region {
       throw new UmapError(ErrorCode.STORE, `flush of ${this.label} failed: ${describeError(error)}`, { cause: error });
     }
     this.#flushedMark = Math.max(this.#flushedMark, mark);
+  }
+
+  #stat(name: (typeof REGION_STAT_FIELDS)[number]): number {
+    const result = this.#engine.native.umap_region_stats(this.#slot, this.#statsOut);
+    if (result < 0) throw engineError(result, `stats of region ${this.label}`);
+    return this.#statsOut[REGION_STAT_FIELDS.indexOf(name)]!;
   }
 
   async #close(): Promise<void> {
@@ -257,8 +269,9 @@ export class Region {
     const released = native.umap_region_release(this.#slot);
     if (released < 0) throw engineError(released, `releasing region ${this.label}`);
     openWritableRegions.delete(this);
+    if (this.#sharedFd !== undefined) native.umap_fd_close(this.#sharedFd);
     try {
-      if (this.#ownsStore) await this.#store.close?.();
+      if (this.#ownsStore) await closeStore(this.#store, this.label);
     } finally {
       await this.#engine.removeRegion(this.#slot);
     }

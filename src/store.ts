@@ -105,3 +105,12 @@ export async function openStore(descriptor: StoreDescriptor): Promise<StoreInsta
 export function storeLabel(store: StoreInstance, descriptor: StoreDescriptor): string {
   return (store as Partial<Store>).label ?? descriptor.module;
 }
+
+/** Closes a store, wrapping its failure. */
+export async function closeStore(store: StoreInstance, label: string): Promise<void> {
+  try {
+    await store.close?.();
+  } catch (error) {
+    throw new UmapError(ErrorCode.STORE, `closing ${label} failed: ${describeError(error)}`, { cause: error });
+  }
+}

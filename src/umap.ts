@@ -1,11 +1,12 @@
 import { Engine } from "./engine.ts";
-import { ErrorCode, UmapError, engineError, invalidArgument } from "./errors.ts";
+import { ErrorCode, UmapError, describeError, engineError, invalidArgument } from "./errors.ts";
 import { Feature } from "./native.ts";
 import { resolveOptions, type UmapOptions } from "./options.ts";
 import { Region } from "./region.ts";
-import { isStore, isStoreDescriptor, openStore, storeLabel, type Store, type StoreDescriptor, type StoreInstance } from "./store.ts";
+import { closeStore, isStore, isStoreDescriptor, openStore, storeLabel, type Store, type StoreDescriptor, type StoreInstance } from "./store.ts";
 import FileStore from "../stores/file.ts";
 
+const ENOMEM = -12;
 const ENOSPC = -28;
 const EOPNOTSUPP = -95;
 const WRITE_PROTECT_REQUIRED =
@@ -29,8 +30,9 @@ export async function umap(target: string | Store | StoreDescriptor, options?: U
     const file = new FileStore(target, { writable });
     [store, descriptor, label] = [file, file.describe(), file.label];
   } else if (isStore(target)) {
-    [store, descriptor, label] = [target, target.describe(), target.label];
+    [store, label] = [target, String(target.label)];
     ownsStore = false;
+    descriptor = describeStore(target);
   } else if (isStoreDescriptor(target)) {
     descriptor = target;
     store = await openStore(target);
@@ -39,8 +41,11 @@ export async function umap(target: string | Store | StoreDescriptor, options?: U
     invalidArgument(`umap: target must be a path, a store or a store descriptor, got ${target === null ? "null" : typeof target}`);
   }
 
+  // A FileStore's workers borrow one duplicate of its descriptor, which the region owns.
+  let sharedFd: number | undefined;
   try {
-    if (store.size === 0) invalidArgument(`umap: ${label} is empty: there is nothing to map`);
+    const size = checkedSize(store, label);
+    if (size === 0) invalidArgument(`umap: ${label} is empty: there is nothing to map`);
     if (writable && (typeof store.write !== "function" || (store as Partial<Store>).writable === false)) {
       throw new UmapError(
         ErrorCode.UNSUPPORTED,
@@ -48,26 +53,74 @@ export async function umap(target: string | Store | StoreDescriptor, options?: U
           (store instanceof FileStore ? " (open it with new FileStore(path, { writable: true }))" : ""),
       );
     }
-    const engine = await Engine.acquire(engineSettings, explicit);
-    if (writable && !(engine.features & Feature.WRITE_PROTECT)) {
-      await engine.stopIfIdle();
-      throw new UmapError(ErrorCode.UNSUPPORTED, `umap: ${label}: ${WRITE_PROTECT_REQUIRED}`);
-    }
-    const pageCount = Math.ceil(store.size / pageSize);
-    const json = new TextEncoder().encode(JSON.stringify(descriptor));
-    const slot = engine.native.umap_region_create(pageCount, pageSize, regionSettings.readAhead, writable ? 1 : 0, json, json.length);
-    if (slot < 0) {
-      await engine.stopIfIdle();
-      if (slot === EOPNOTSUPP) throw new UmapError(ErrorCode.UNSUPPORTED, `umap: ${label}: ${WRITE_PROTECT_REQUIRED}`);
-      const what = `mapping ${label} (${pageCount} pages of ${pageSize} bytes)`;
-      throw engineError(slot, what, slot === ENOSPC ? ErrorCode.UNSUPPORTED : ErrorCode.INTERNAL);
+    const engine = await Engine.acquire(engineSettings, explicit, pageSize);
+    let slot: number;
+    try {
+      if (writable && !(engine.features & Feature.WRITE_PROTECT)) {
+        throw new UmapError(ErrorCode.UNSUPPORTED, `umap: ${label}: ${WRITE_PROTECT_REQUIRED}`);
+      }
+      if (writable) await engine.startEvictors();
+      if (store instanceof FileStore && descriptor.module === FileStore.MODULE) {
+        sharedFd = engine.native.umap_fd_dup(store.fd);
+        if (sharedFd < 0) throw engineError(sharedFd, `umap: ${label}: duplicating its descriptor`, ErrorCode.STORE);
+        descriptor = store.describe({ fd: sharedFd });
+      }
+      const pageCount = Math.ceil(size / pageSize);
+      const json = new TextEncoder().encode(JSON.stringify(descriptor));
+      slot = engine.native.umap_region_create(pageCount, pageSize, regionSettings.readAhead, writable ? 1 : 0, json, json.length);
+      if (slot < 0) throw regionCreateError(slot, label, pageCount, pageSize);
+    } catch (error) {
+      if (sharedFd !== undefined && sharedFd >= 0) engine.native.umap_fd_close(sharedFd);
+      await engine.release();
+      throw error;
     }
     engine.addRegion(slot, pageSize);
-    if (writable) await engine.startEvictors();
     // A store the caller passed in stays theirs to close; one umap() opened is closed with the region.
-    return new Region({ engine, slot, label, byteLength: store.size, pageSize, writable, store, ownsStore });
+    return new Region({ engine, slot, label, byteLength: size, pageSize, writable, store, ownsStore, sharedFd });
   } catch (error) {
-    if (ownsStore) await store.close?.();
+    if (ownsStore) await closeStore(store, label).catch(() => {});
     throw error;
+  }
+}
+
+/** A store object's descriptor, checked: its workers are built from it. */
+function describeStore(store: Store): StoreDescriptor {
+  let descriptor: unknown;
+  try {
+    descriptor = store.describe();
+  } catch (error) {
+    throw new UmapError(ErrorCode.STORE, `umap: ${String(store.label)}: describe() failed: ${describeError(error)}`, { cause: error });
+  }
+  if (!isStoreDescriptor(descriptor)) {
+    invalidArgument(`umap: ${String(store.label)}: describe() must return { module, options }, got ${typeof descriptor}`);
+  }
+  return descriptor;
+}
+
+/** The store's size in bytes, checked: a whole number the engine can map. */
+function checkedSize(store: StoreInstance, label: string): number {
+  let size: unknown;
+  try {
+    size = store.size;
+  } catch (error) {
+    throw new UmapError(ErrorCode.STORE, `umap: ${label}: reading its size failed: ${describeError(error)}`, { cause: error });
+  }
+  if (typeof size !== "number" || !Number.isSafeInteger(size) || size < 0) {
+    invalidArgument(`umap: ${label} has an invalid size: ${typeof size === "number" ? size : typeof size} (a whole number of bytes >= 0)`);
+  }
+  return size;
+}
+
+function regionCreateError(result: number, label: string, pageCount: number, pageSize: number): UmapError {
+  const what = `umap: ${label} (${pageCount} pages of ${pageSize} bytes)`;
+  switch (result) {
+    case EOPNOTSUPP:
+      return new UmapError(ErrorCode.UNSUPPORTED, `umap: ${label}: ${WRITE_PROTECT_REQUIRED}`);
+    case ENOSPC:
+      return engineError(result, `${what}: too many regions are open at once`, ErrorCode.UNSUPPORTED);
+    case ENOMEM:
+      return engineError(result, `${what}: too large to map: the address space or the page table does not fit`, ErrorCode.UNSUPPORTED);
+    default:
+      return engineError(result, `mapping ${what}`, ErrorCode.INTERNAL);
   }
 }

@@ -1,8 +1,9 @@
 /**
- * FileStore: a local file, or a part of one, as a store. Reads and writes use pread/pwrite on a
- * descriptor opened once per instance (one in each fill worker).
+ * FileStore: a local file, or a part of one, as a store. Reads and writes use pread/pwrite on one
+ * descriptor. umap() gives the region a duplicate of it that every worker's instance borrows, so
+ * a region costs one descriptor however many workers serve it.
  */
-import { closeSync, fstatSync, fsyncSync, openSync, readSync, writeSync, constants as fs } from "node:fs";
+import { closeSync, fstatSync, fsyncSync, openSync, readSync, statSync, writeSync, constants as fs } from "node:fs";
 import { resolve } from "node:path";
 import { ErrorCode, UmapError, describeError, invalidArgument } from "../src/errors.ts";
 import type { Store, StoreDescriptor } from "../src/store.ts";
@@ -16,17 +17,22 @@ export interface FileStoreOptions {
   length?: number;
 }
 
-/** The options a worker gets: the path travels with them. */
+/** The options a worker gets: the path travels with them, and the descriptor to borrow. */
 interface FileStoreConfig extends FileStoreOptions {
   path: string;
+  /** An open descriptor of the file to use instead of opening it; not closed by close(). */
+  fd?: number;
 }
 
 export default class FileStore implements Store {
+  /** This module: descriptors that name it build a FileStore. */
+  static readonly MODULE = import.meta.url;
   readonly path: string;
   readonly offset: number;
   readonly size: number;
   readonly writable: boolean;
   #fd: number;
+  readonly #ownsFd: boolean;
 
   constructor(path: string, options?: FileStoreOptions);
   constructor(config: FileStoreConfig);
@@ -34,7 +40,8 @@ export default class FileStore implements Store {
     const config: FileStoreConfig =
       typeof pathOrConfig === "string" ? { ...options, path: pathOrConfig } : { ...pathOrConfig };
     if (typeof config.path !== "string" || config.path.length === 0) {
-      invalidArgument(`FileStore: path must be a non-empty string, got ${typeof config.path}`);
+      const got = typeof pathOrConfig === "string" ? '""' : typeof pathOrConfig === "object" ? typeof config.path : typeof pathOrConfig;
+      invalidArgument(`FileStore: path must be a non-empty string, got ${got}`);
     }
     if (config.writable !== undefined && typeof config.writable !== "boolean") {
       invalidArgument(`FileStore ${config.path}: option writable must be a boolean`);
@@ -50,7 +57,8 @@ export default class FileStore implements Store {
     this.path = resolve(config.path);
     this.writable = config.writable === true;
     this.offset = offset;
-    this.#fd = openFile(this.path, this.writable);
+    this.#ownsFd = config.fd === undefined;
+    this.#fd = config.fd ?? openFile(this.path, this.writable);
     try {
       const stat = fstatSync(this.#fd);
       if (stat.isDirectory()) invalidArgument(`FileStore ${this.path}: is a directory, not a file`);
@@ -66,18 +74,24 @@ export default class FileStore implements Store {
       }
       this.size = length;
     } catch (error) {
-      closeSync(this.#fd);
+      if (this.#ownsFd) closeSync(this.#fd);
       throw error;
     }
+  }
+
+  /** The open descriptor (umap() duplicates it for the region's workers). */
+  get fd(): number {
+    return this.#fd;
   }
 
   get label(): string {
     return `FileStore ${this.path}`;
   }
 
-  describe(): StoreDescriptor {
-    const config: FileStoreConfig = { path: this.path, offset: this.offset, length: this.size, writable: this.writable };
-    return { module: import.meta.url, options: config };
+  /** How workers construct their instance; with `fd`, they borrow that descriptor. */
+  describe(shared: { fd?: number } = {}): StoreDescriptor {
+    const config: FileStoreConfig = { path: this.path, offset: this.offset, length: this.size, writable: this.writable, ...shared };
+    return { module: FileStore.MODULE, options: config };
   }
 
   read(byteOffset: number, target: Uint8Array): void {
@@ -107,10 +121,8 @@ export default class FileStore implements Store {
   }
 
   close(): void {
-    if (this.#fd >= 0) {
-      closeSync(this.#fd);
-      this.#fd = -1;
-    }
+    if (this.#fd >= 0 && this.#ownsFd) closeSync(this.#fd);
+    this.#fd = -1;
   }
 }
 
@@ -118,13 +130,18 @@ export { FileStore };
 
 function openFile(path: string, writable: boolean): number {
   try {
-    return openSync(path, (writable ? fs.O_RDWR : fs.O_RDONLY));
+    // Look before opening: opening a FIFO would block until a writer appears.
+    const stat = statSync(path);
+    if (stat.isDirectory()) invalidArgument(`FileStore ${path}: is a directory, not a file`);
+    if (!stat.isFile()) invalidArgument(`FileStore ${path}: is not a regular file`);
+    // O_NONBLOCK too, in case the path is swapped for a FIFO in between; files ignore it.
+    return openSync(path, (writable ? fs.O_RDWR : fs.O_RDONLY) | fs.O_NONBLOCK);
   } catch (error) {
+    if (error instanceof UmapError) throw error;
     const code = (error as NodeJS.ErrnoException).code;
-    if (code === "ENOENT") {
+    if (code === "ENOENT" || code === "ENOTDIR") {
       throw new UmapError(ErrorCode.NOT_FOUND, `FileStore ${path}: no such file`, { cause: error });
     }
-    if (code === "EISDIR") invalidArgument(`FileStore ${path}: is a directory, not a file`);
     throw new UmapError(ErrorCode.STORE, `FileStore ${path}: cannot open: ${describeError(error)}`, { cause: error });
   }
 }
