@@ -50,6 +50,14 @@ export function invalidArgument(message: string): never {
   throw new UmapError(ErrorCode.INVALID_ARGUMENT, message);
 }
 
+/** A value as a message shows it: strings quoted, numbers as they are, anything else by its kind. */
+export function describeValue(value: unknown): string {
+  if (typeof value === "string") return JSON.stringify(value);
+  if (typeof value === "number" || typeof value === "boolean" || value == null) return String(value);
+  if (Array.isArray(value)) return "an array";
+  return typeof value;
+}
+
 /** A short, single-line description of any thrown value, for messages and logs. */
 export function describeError(error: unknown): string {
   if (error instanceof Error) {

@@ -4,7 +4,7 @@
  * variable, never clamped.
  */
 import { freemem } from "node:os";
-import { invalidArgument } from "./errors.ts";
+import { invalidArgument, describeValue } from "./errors.ts";
 
 export interface UmapOptions {
   /** Bytes per page: a power of two, a multiple of the system page. `UMAP_PAGESIZE`. */
@@ -102,12 +102,6 @@ function integerSetting(
   return { value, scale: "env" };
 }
 
-function describeValue(value: unknown): string {
-  if (typeof value === "string") return JSON.stringify(value);
-  if (typeof value === "number" || typeof value === "boolean" || value == null) return String(value);
-  return typeof value;
-}
-
 function isPowerOfTwo(n: number): boolean {
   return n > 0 && Number.isSafeInteger(n) && (n & (n - 1)) === 0 && n <= 2 ** 30;
 }
@@ -125,7 +119,7 @@ export function resolveOptions(
   systemPageSize: number,
   env: Env = process.env,
 ): { engine: EngineSettings; region: RegionSettings; explicit: ExplicitSettings } {
-  if (options !== undefined && (options === null || typeof options !== "object")) {
+  if (options !== undefined && (options === null || typeof options !== "object" || Array.isArray(options))) {
     invalidArgument(`options must be an object, got ${describeValue(options)}`);
   }
   const given = (options ?? {}) as Record<string, unknown>;

@@ -3,7 +3,7 @@
  */
 import { toArrayBuffer, type Pointer } from "bun:ffi";
 import { Engine } from "./engine.ts";
-import { ErrorCode, UmapError, describeError, engineError, invalidArgument } from "./errors.ts";
+import { ErrorCode, UmapError, describeError, describeValue, engineError, invalidArgument } from "./errors.ts";
 import { PageState, REGION_STAT_FIELDS } from "./native.ts";
 import { closeStore, type StoreInstance } from "./store.ts";
 
@@ -55,6 +55,8 @@ export class Region {
   readonly #errorText = new Uint8Array(512);
   /** Every ArrayBuffer handed out over region memory: close() detaches them. */
   readonly #buffers: WeakRef<ArrayBuffer>[] = [];
+  /** #buffers is pruned of collected entries when it grows past this (doubling keeps it linear). */
+  #buffersPruneAt = 1024;
   #bytes: Uint8Array | undefined;
   #closing: Promise<void> | undefined;
   readonly #statsOut = new Float64Array(REGION_STAT_FIELDS.length);
@@ -106,12 +108,13 @@ export class Region {
 
   /** Bytes [byteOffset, byteOffset + byteLength) of the region, at most 4 GiB at a time. */
   view(byteOffset: number, byteLength: number): Uint8Array {
-    this.#checkOpen("view");
+    this.#checkOpen("view()");
     this.#checkRange("view", byteOffset, byteLength);
     if (byteLength > MAX_VIEW_BYTES) {
       invalidArgument(`region ${this.label}: view of ${byteLength} bytes is over the ${MAX_VIEW_BYTES}-byte limit of one array`);
     }
     if (this.byteLength <= MAX_VIEW_BYTES) return this.bytes.subarray(byteOffset, byteOffset + byteLength);
+    if (byteLength === 0) return new Uint8Array(0);
     return new Uint8Array(this.#arrayBuffer(byteOffset, byteLength));
   }
 
@@ -121,7 +124,7 @@ export class Region {
    * range must fit below the buffer's low-water mark.
    */
   async prefetch(byteOffset: number, byteLength: number): Promise<void> {
-    this.#checkOpen("prefetch");
+    this.#checkOpen("prefetch()");
     this.#checkRange("prefetch", byteOffset, byteLength);
     if (byteLength === 0) return;
     const firstPage = Math.floor(byteOffset / this.pageSize);
@@ -143,9 +146,11 @@ export class Region {
     await this.#engine.waitForTicket(ticket, `prefetch of ${this.label} at byte offset ${byteOffset}`);
     // Pages that other requests were already filling when the prefetch began are not part of
     // its ticket: wait for them too.
-    while (native.umap_region_count_state(this.#slot, firstPage, pageCount, PageState.FILLING) > 0) {
+    while (!this.closed && native.umap_region_count_state(this.#slot, firstPage, pageCount, PageState.FILLING) > 0) {
       await Bun.sleep(POLL_INTERVAL_MS);
     }
+    // close() began meanwhile: the pages may already be gone, so the prefetch did not do its job.
+    if (this.closed) throw new UmapError(ErrorCode.CLOSED, `region ${this.label} was closed during prefetch()`);
   }
 
   /**
@@ -154,7 +159,7 @@ export class Region {
    * dirty, so a later flush() can succeed. Read-only regions have nothing to write.
    */
   async flush(): Promise<void> {
-    this.#checkOpen("flush");
+    this.#checkOpen("flush()");
     if (this.writable) await this.#flushPages();
   }
 
@@ -190,7 +195,7 @@ export class Region {
   }
 
   stats(): RegionStats {
-    this.#checkOpen("stats");
+    this.#checkOpen("stats()");
     this.#stat("faults"); // reads every counter into #statsOut
     const stats = {} as RegionStats;
     REGION_STAT_FIELDS.forEach((name, i) => {
@@ -279,9 +284,10 @@ export class Region {
 
   #arrayBuffer(byteOffset: number, byteLength: number): ArrayBuffer {
     const buffer = toArrayBuffer((this.address + byteOffset) as unknown as Pointer, 0, byteLength);
-    if (this.#buffers.length >= 1024) {
+    if (this.#buffers.length >= this.#buffersPruneAt) {
       const live = this.#buffers.filter((ref) => ref.deref() !== undefined);
       this.#buffers.splice(0, this.#buffers.length, ...live);
+      this.#buffersPruneAt = Math.max(1024, 2 * live.length);
     }
     this.#buffers.push(new WeakRef(buffer));
     return buffer;
@@ -289,16 +295,16 @@ export class Region {
 
   #checkOpen(method: string): void {
     if (this.#closing || this.#closeBegun) {
-      throw new UmapError(ErrorCode.CLOSED, `region ${this.label} is closed: cannot use ${method}()`);
+      throw new UmapError(ErrorCode.CLOSED, `region ${this.label} is closed: cannot use ${method}`);
     }
   }
 
   #checkRange(method: string, byteOffset: number, byteLength: number): void {
     if (!Number.isSafeInteger(byteOffset) || byteOffset < 0) {
-      invalidArgument(`region ${this.label}: ${method}() byteOffset must be a whole number >= 0, got ${String(byteOffset)}`);
+      invalidArgument(`region ${this.label}: ${method}() byteOffset must be a whole number >= 0, got ${describeValue(byteOffset)}`);
     }
     if (!Number.isSafeInteger(byteLength) || byteLength < 0) {
-      invalidArgument(`region ${this.label}: ${method}() byteLength must be a whole number >= 0, got ${String(byteLength)}`);
+      invalidArgument(`region ${this.label}: ${method}() byteLength must be a whole number >= 0, got ${describeValue(byteLength)}`);
     }
     if (byteOffset + byteLength > this.byteLength) {
       invalidArgument(

@@ -49,12 +49,29 @@ export function defineStore(module: string | URL, options?: unknown): StoreDescr
   } else {
     invalidArgument(`defineStore: module must be a path or URL, got ${typeof module === "string" ? '""' : typeof module}`);
   }
-  try {
-    JSON.stringify(options);
-  } catch (error) {
-    invalidArgument(`defineStore: options for ${url} must be JSON-serializable (${describeError(error)})`);
+  const problem = jsonProblem(options, "options", new Set());
+  if (problem) invalidArgument(`defineStore: options for ${url} must survive JSON, as each worker gets a copy: ${problem}`);
+  // The caller's object is copied, so what umap() opens on this thread is what workers get.
+  return Object.freeze({ module: url, options: options === undefined ? undefined : JSON.parse(JSON.stringify(options)) });
+}
+
+/** Why value would not come out of JSON as it went in, or undefined if it would. */
+function jsonProblem(value: unknown, path: string, seen: Set<object>): string | undefined {
+  if (value === null || typeof value === "string" || typeof value === "boolean" || value === undefined) return undefined;
+  if (typeof value === "number") return Number.isFinite(value) ? undefined : `${path} is ${value}`;
+  if (typeof value !== "object") return `${path} is a ${typeof value}`;
+  if (seen.has(value)) return `${path} refers back to itself`;
+  const prototype = Object.getPrototypeOf(value);
+  if (!Array.isArray(value) && prototype !== Object.prototype && prototype !== null) {
+    return `${path} is a ${value.constructor?.name ?? "class instance"}, not a plain object`;
   }
-  return Object.freeze({ module: url, options });
+  seen.add(value);
+  for (const [key, item] of Object.entries(value)) {
+    const problem = jsonProblem(item, Array.isArray(value) ? `${path}[${key}]` : `${path}.${key}`, seen);
+    if (problem) return problem;
+  }
+  seen.delete(value);
+  return undefined;
 }
 
 export function isStore(value: unknown): value is Store {
