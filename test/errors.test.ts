@@ -87,14 +87,14 @@ describe("a closed region", () => {
     await region.close();
     for (const [method, call] of [
       ["bytes", () => region.bytes],
-      ["view", () => region.view(0, 1)],
-      ["stats", () => region.stats()],
-      ["prefetch", () => region.prefetch(0, 1)],
-      ["flush", () => region.flush()],
+      ["view()", () => region.view(0, 1)],
+      ["stats()", () => region.stats()],
+      ["prefetch()", () => region.prefetch(0, 1)],
+      ["flush()", () => region.flush()],
     ] as const) {
       const error = await failure(call);
       expect(error.code).toBe("ERR_UMAP_CLOSED");
-      expect(error.message).toContain(`${method}()`);
+      expect(error.message).toContain(`cannot use ${method}`);
       expect(error.message).toContain("data.bin");
     }
   });
