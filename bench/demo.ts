@@ -2,29 +2,59 @@
  * The main job: maps a real file with a page buffer much smaller than the file, computes SHA-256
  * by reading through the mapping, and checks it against SHA-256 of the file read plainly.
  *
- *   bun bench/demo.ts [path] [--buffer-size BYTES] [--page-size BYTES]
+ *   bun bench/demo.ts [FILE] [--buffer-size BYTES] [--page-size BYTES]
  *
  * Without a path it maps the Bun executable that `npm install` put in node_modules (~100 MB).
  * Exits 1 if the two digests differ.
  */
 import { closeSync, openSync, readSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { umap, type Region } from "../src/index.ts";
+import { umap, UmapError, type Region } from "../src/index.ts";
 
 const MiB = 1024 * 1024;
 const CHUNK_BYTES = 4 * MiB;
 
-const { values, positionals } = parseArgs({
-  args: Bun.argv.slice(2),
-  allowPositionals: true,
-  options: {
-    "buffer-size": { type: "string", default: String(16 * MiB) },
-    "page-size": { type: "string" },
-  },
-});
+const USAGE = `usage: bun bench/demo.ts [FILE] [--buffer-size BYTES] [--page-size BYTES]
+
+Maps FILE (default: the Bun executable, ~100 MB) through a small page buffer, hashes it through
+the mapping and plainly, and checks that the digests match. Sizes accept k, m and g suffixes.`;
+
+/** "16m" -> 16777216; exits with the usage on anything else. */
+function parseSize(name: string, text: string): number {
+  const match = /^(\d+)([kmg]?)i?b?$/i.exec(text.trim());
+  if (!match) usageError(`--${name} must be a size in bytes such as 65536 or 64k, got ${JSON.stringify(text)}`);
+  const scale = { "": 1, k: 1024, m: MiB, g: 1024 * MiB }[match[2]!.toLowerCase() as "" | "k" | "m" | "g"];
+  return Number(match[1]) * scale;
+}
+
+function usageError(message: string): never {
+  console.error(`demo: ${message}\n\n${USAGE}`);
+  process.exit(2);
+}
+
+let parsed;
+try {
+  parsed = parseArgs({
+    args: Bun.argv.slice(2),
+    allowPositionals: true,
+    options: {
+      "buffer-size": { type: "string", default: String(16 * MiB) },
+      "page-size": { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+} catch (error) {
+  usageError((error as Error).message);
+}
+const { values, positionals } = parsed;
+if (values.help) {
+  console.log(USAGE);
+  process.exit(0);
+}
+if (positionals.length > 1) usageError(`one file at a time, got ${positionals.length}`);
 const path = positionals[0] ?? process.execPath;
-const bufferSize = Number(values["buffer-size"]);
-const pageSize = values["page-size"] === undefined ? undefined : Number(values["page-size"]);
+const bufferSize = parseSize("buffer-size", values["buffer-size"]);
+const pageSize = values["page-size"] === undefined ? undefined : parseSize("page-size", values["page-size"]);
 
 function formatBytes(bytes: number): string {
   if (bytes >= MiB) return `${(bytes / MiB).toFixed(1)} MiB`;
@@ -64,7 +94,15 @@ function hashPlainly(file: string): { digest: string; seconds: number } {
   return { digest: hasher.digest("hex"), seconds: (performance.now() - started) / 1000 };
 }
 
-await using region = await umap(path, { bufferSize, ...(pageSize === undefined ? {} : { pageSize }) });
+let region: Region;
+try {
+  region = await umap(path, { bufferSize, ...(pageSize === undefined ? {} : { pageSize }) });
+} catch (error) {
+  // The library's errors name the problem: show them without a stack.
+  if (!(error instanceof UmapError)) throw error;
+  console.error(`demo: ${error.code}: ${error.message}`);
+  process.exit(2);
+}
 console.log(`mapped   ${path}`);
 console.log(`         ${formatBytes(region.byteLength)} in pages of ${formatBytes(region.pageSize)}, buffer ${formatBytes(bufferSize)}`);
 
@@ -86,3 +124,4 @@ if (mapped.digest !== plain.digest) {
 } else {
   console.log("match    the mapping reads the file exactly");
 }
+await region.close();
