@@ -1892,6 +1892,14 @@ int64_t umap_worker_complete(int id, int status, const char *error, uint64_t err
 	uint64_t first = page_address(r, req.first_page);
 	uint64_t bytes = req.page_count * r->page_size;
 	int write_protect = r->writable;
+	/* Counted before the copy: the copy makes the pages readable at once (read-ahead pages have
+	 * no waiter to wake first), and a reader that sees the bytes must not see counters that lag
+	 * behind them. A failed copy takes the counts back. */
+	int counted = req.kind == REQUEST_FILL && status == 0;
+	if (counted) {
+		r->stat[STAT_FILLS] += req.page_count;
+		r->stat[STAT_BYTES_READ] += bytes;
+	}
 	pthread_mutex_unlock(&E.mu);
 
 	/* The pages are FILLING, so nothing else installs or evicts them, and the region cannot
@@ -1911,10 +1919,12 @@ int64_t umap_worker_complete(int id, int status, const char *error, uint64_t err
 		if (status == 0) {
 			for (uint64_t p = req.first_page; p < req.first_page + req.page_count; p++)
 				set_state(r, p, PAGE_PRESENT);
-			r->stat[STAT_FILLS] += req.page_count;
-			r->stat[STAT_BYTES_READ] += bytes;
 			r->stat[STAT_COPY_RACES] += races;
 		} else {
+			if (counted) {
+				r->stat[STAT_FILLS] -= req.page_count;
+				r->stat[STAT_BYTES_READ] -= bytes;
+			}
 			r->stat[STAT_FILL_ERRORS]++;
 			for (uint64_t p = req.first_page; p < req.first_page + req.page_count; p++) {
 				if (p == req.fault_page && answer_failed_fault(r, p) == 0)
