@@ -19,17 +19,57 @@ export type RegionStats = { [K in (typeof REGION_STAT_FIELDS)[number]]: number }
 
 /**
  * Writable regions still open. When the script's event loop runs dry, each is flushed once more
- * before the process exits, so a script that ends without close() keeps its writes.
+ * before the process exits, so a script that ends without close() keeps its writes. On SIGINT,
+ * SIGTERM or SIGHUP with no handler of the application's own, they are flushed too, and then the
+ * signal is raised again so that the process ends as the signal says.
  */
 const openWritableRegions = new Set<Region>();
 let exitFlushInstalled = false;
+/** How long a signal waits for the flush of the open writable regions before it ends the process. */
+export const SIGNAL_FLUSH_TIMEOUT_MS = 10_000;
+const FLUSHED_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+type FlushedSignal = (typeof FLUSHED_SIGNALS)[number];
+let signalFlushInstalled = false;
 
 function installExitFlush(): void {
-  if (exitFlushInstalled) return;
-  exitFlushInstalled = true;
-  process.on("beforeExit", () => {
-    for (const region of openWritableRegions) region.flushBeforeExit();
+  if (!exitFlushInstalled) {
+    exitFlushInstalled = true;
+    process.on("beforeExit", () => {
+      for (const region of openWritableRegions) region.flushBeforeExit();
+    });
+  }
+  if (!signalFlushInstalled) {
+    signalFlushInstalled = true;
+    for (const signal of FLUSHED_SIGNALS) process.on(signal, flushOnSignal);
+  }
+}
+
+/** Takes the signal handlers away once no writable region is open: signals act as before. */
+function removeSignalFlushIfIdle(): void {
+  if (openWritableRegions.size > 0 || !signalFlushInstalled) return;
+  signalFlushInstalled = false;
+  for (const signal of FLUSHED_SIGNALS) process.off(signal, flushOnSignal);
+}
+
+function flushOnSignal(signal: FlushedSignal): void {
+  // The application handles this signal itself: what happens next is its decision.
+  if (process.listenerCount(signal) > 1) return;
+  // From here on the signal acts as it would without bun-umap: a second one ends the process at once.
+  signalFlushInstalled = false;
+  for (const other of FLUSHED_SIGNALS) process.off(other, flushOnSignal);
+  const regions = [...openWritableRegions];
+  // A region already closing flushes as part of close().
+  const flushed = Promise.allSettled(regions.map((region) => (region.closed ? region.close() : region.flush()))).then((results) => {
+    results.forEach((result, i) => {
+      if (result.status === "rejected") {
+        process.stderr.write(`bun-umap: flushing ${regions[i]!.label} on ${signal} failed: ${describeError(result.reason)}\n`);
+      }
+    });
   });
+  const timedOut = Bun.sleep(SIGNAL_FLUSH_TIMEOUT_MS).then(() => {
+    process.stderr.write(`bun-umap: flushing on ${signal} took over ${SIGNAL_FLUSH_TIMEOUT_MS} ms; ending without waiting for it\n`);
+  });
+  void Promise.race([flushed, timedOut]).then(() => process.kill(process.pid, signal));
 }
 
 export class Region {
@@ -274,6 +314,7 @@ export class Region {
     const released = native.umap_region_release(this.#slot);
     if (released < 0) throw engineError(released, `releasing region ${this.label}`);
     openWritableRegions.delete(this);
+    removeSignalFlushIfIdle();
     if (this.#sharedFd !== undefined) native.umap_fd_close(this.#sharedFd);
     try {
       if (this.#ownsStore) await closeStore(this.#store, this.label);

@@ -335,6 +335,55 @@ describe("in a child process", () => {
     for (let offset = 0; offset < bytes.length; offset += 4096) expect(bytes[offset]).toBe(7);
   });
 
+  for (const signal of ["SIGTERM", "SIGINT"] as const) {
+    test(`${signal} with dirty pages and no handler of the script's own: the pages are flushed, then the signal ends the process`, async () => {
+      const path = patternFile(4 * MiB);
+      const child = run(`
+        import { umap } from "./src/index.ts";
+        const region = await umap(${JSON.stringify(path)}, { writable: true, bufferSize: 1 << 20 });
+        for (let offset = 0; offset < region.byteLength; offset += 4096) region.bytes[offset] = 9;
+        console.log("written");
+        setInterval(() => {}, 1000);
+      `);
+      const reader = child.stdout.getReader();
+      expect(new TextDecoder().decode((await reader.read()).value)).toContain("written");
+      child.kill(signal);
+      const ended = await Promise.race([child.exited, Bun.sleep(30_000).then(() => "hung")]);
+      expect(ended).not.toBe("hung");
+      expect(child.signalCode).toBe(signal);
+      const bytes = readFileSync(path);
+      let missing = 0;
+      for (let offset = 0; offset < bytes.length; offset += 4096) missing += bytes[offset] === 9 ? 0 : 1;
+      expect(missing).toBe(0);
+    });
+  }
+
+  test("a script's own signal handler is left to decide; once its regions are closed, signals act as without bun-umap", async () => {
+    const path = patternFile(1 * MiB);
+    const child = run(`
+      import { umap } from "./src/index.ts";
+      const region = await umap(${JSON.stringify(path)}, { writable: true, bufferSize: 1 << 20 });
+      region.bytes[0] = 5;
+      process.once("SIGTERM", async () => {
+        console.log("script handler");
+        await region.close();
+        process.kill(process.pid, "SIGTERM");
+      });
+      console.log("ready");
+      setInterval(() => {}, 1000);
+    `);
+    const reader = child.stdout.getReader();
+    expect(new TextDecoder().decode((await reader.read()).value)).toContain("ready");
+    child.kill("SIGTERM");
+    const ended = await Promise.race([child.exited, Bun.sleep(30_000).then(() => "hung")]);
+    expect(ended).not.toBe("hung");
+    let rest = "";
+    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) rest += new TextDecoder().decode(chunk.value);
+    expect(rest).toContain("script handler");
+    expect(child.signalCode).toBe("SIGTERM");
+    expect(readFileSync(path)[0]).toBe(5);
+  });
+
   test("without userfaultfd write-protection, writable: true is refused naming it; read-only still works", async () => {
     const path = patternFile(64 * KiB);
     const child = run(
