@@ -9,6 +9,8 @@ import FileStore from "../stores/file.ts";
 const ENOMEM = -12;
 const ENOSPC = -28;
 const EOPNOTSUPP = -95;
+/** UMAP_REGIONS_MAX in csrc/umap.c. */
+const REGIONS_MAX = 4096;
 const WRITE_PROTECT_REQUIRED =
   "writable regions need userfaultfd write-protection for anonymous memory (Linux 5.7 or newer, 5.10 or newer " +
   "recommended), which this kernel does not offer: map read-only";
@@ -117,7 +119,7 @@ function regionCreateError(result: number, label: string, pageCount: number, pag
     case EOPNOTSUPP:
       return new UmapError(ErrorCode.UNSUPPORTED, `umap: ${label}: ${WRITE_PROTECT_REQUIRED}`);
     case ENOSPC:
-      return engineError(result, `${what}: too many regions are open at once`, ErrorCode.UNSUPPORTED);
+      return engineError(result, `${what}: too many regions are open at once (${REGIONS_MAX} at most)`, ErrorCode.UNSUPPORTED);
     case ENOMEM:
       return engineError(result, `${what}: too large to map: the address space or the page table does not fit`, ErrorCode.UNSUPPORTED);
     default:

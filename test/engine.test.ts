@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { Worker } from "node:worker_threads";
-import { defineStore, umap, UmapError, type Region } from "../src/index.ts";
+import { defineStore, FileStore, umap, UmapError, type Region } from "../src/index.ts";
 import { loadNative } from "../src/native.ts";
 import { checkPattern, GiB, KiB, MiB, patternByte, random, tempDir, writePatternFile } from "./helpers.ts";
 
@@ -253,6 +253,46 @@ describe("close", () => {
       expect(region.bytes[i * 4096 + 1]).toBe(patternByte(i * 4096 + 1));
       await region.close();
     }
+  });
+});
+
+describe("limits", () => {
+  test("a thousand regions open at once map and read right (LLNL UMap failed at about 900)", async () => {
+    const regions: Region[] = [];
+    try {
+      for (let i = 0; i < 1000; i++) {
+        const byteOffset = (i * 64 * KiB) % FILE_BYTES;
+        regions.push(await umap(new FileStore(file, { offset: byteOffset, length: 64 * KiB }), { pageSize: 4 * KiB, bufferSize: 8 * MiB }));
+      }
+      let wrong = 0;
+      regions.forEach((region, i) => {
+        const byteOffset = (i * 64 * KiB) % FILE_BYTES;
+        const at = (i * 4 * KiB + 8) % (64 * KiB);
+        wrong += region.bytes[at] === patternByte(byteOffset + at) ? 0 : 1;
+      });
+      expect(wrong).toBe(0);
+      const resident = regions.reduce((sum, region) => sum + region.stats().residentPages * region.pageSize, 0);
+      expect(resident).toBeLessThanOrEqual(8 * MiB);
+    } finally {
+      await Promise.all(regions.map((region) => region.close()));
+    }
+  });
+
+  test("past 4096 regions at once, umap() is refused with ERR_UMAP_UNSUPPORTED naming the limit", async () => {
+    const store = defineStore(PATTERN_STORE, { size: 4 * KiB });
+    const regions: Region[] = [];
+    try {
+      for (let i = 0; i < 4096; i++) regions.push(await umap(store, { pageSize: 4 * KiB, bufferSize: 8 * MiB }));
+      const error = await umap(store, { pageSize: 4 * KiB }).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(UmapError);
+      expect((error as UmapError).code).toBe("ERR_UMAP_UNSUPPORTED");
+      expect((error as UmapError).message).toContain("4096");
+    } finally {
+      await Promise.all(regions.map((region) => region.close()));
+    }
+    // The slots are free again.
+    await using again = await umap(store, { pageSize: 4 * KiB });
+    expect(again.bytes[5]).toBe(patternByte(5));
   });
 });
 
