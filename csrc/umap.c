@@ -59,6 +59,8 @@
 #define UMAP_FAULT_BATCH_BYTES_MAX (256u << 10)
 #define UMAP_SYSTEM_PAGE 4096u
 #define UMAP_WRITEBACK_BUCKETS 4096
+/* Failed fills a region remembers for umap_region_error(): the most recent ones. */
+#define UMAP_REGION_ERRORS_MAX 64
 
 /* A page's state byte holds one of these in its low bits, and the flags below above them. */
 enum page_state { PAGE_EMPTY = 0, PAGE_FILLING = 1, PAGE_PRESENT = 2, PAGE_POISONED = 3 };
@@ -98,6 +100,17 @@ enum region_stat {
 	STAT_COUNT
 };
 
+/* How a fill that failed for good answered its faulting page. */
+enum fill_answer { ANSWER_NONE = 0, ANSWER_POISONED = 1, ANSWER_ZEROED = 2 };
+
+/* One failed fill, as umap_region_error() reports it. */
+struct fill_error {
+	uint64_t byte_offset;
+	uint64_t byte_length;
+	int answer; /* enum fill_answer, for the faulting page */
+	char message[UMAP_TICKET_ERROR_BYTES];
+};
+
 struct region {
 	int live;
 	int closing;
@@ -118,6 +131,9 @@ struct region {
 	uint64_t writeback_count;    /* live write-back entries of this region */
 	uint64_t writeback_next_seq; /* snapshots are numbered; flush() waits for those below a mark */
 	char write_error[UMAP_TICKET_ERROR_BYTES]; /* the last failed store write */
+	int zero_failed_fills; /* answer a failed fill with zeros, not SIGBUS (onFillError: "zero") */
+	struct fill_error *errors; /* ring of the last UMAP_REGION_ERRORS_MAX failed fills */
+	uint64_t error_count;      /* failed fills recorded since the region was created */
 };
 
 struct request {
@@ -1381,6 +1397,58 @@ int umap_region_stats(uint32_t slot, double *out)
 }
 
 /*
+ * How a fill of the region that fails for good answers its faulting page: zero != 0 installs
+ * zeros (the access goes on, the error is recorded), 0 raises SIGBUS through UFFDIO_POISON where
+ * the kernel has it (the default). Returns 0 or -ENOENT.
+ */
+int umap_region_set_zero_failed_fills(uint32_t slot, int zero)
+{
+	pthread_mutex_lock(&E.mu);
+	struct region *r = region_at(slot);
+	if (r)
+		r->zero_failed_fills = zero != 0;
+	pthread_mutex_unlock(&E.mu);
+	return r ? 0 : -ENOENT;
+}
+
+/* 1 if a failed fill of the region is answered with zeros, 0 if with SIGBUS, or -ENOENT. */
+int umap_region_zero_failed_fills(uint32_t slot)
+{
+	pthread_mutex_lock(&E.mu);
+	struct region *r = region_at(slot);
+	int zero = r ? r->zero_failed_fills : -ENOENT;
+	pthread_mutex_unlock(&E.mu);
+	return zero;
+}
+
+/*
+ * Reports failed fill number index of the region, counting from the oldest one still kept (the
+ * last UMAP_REGION_ERRORS_MAX are). Writes its byte offset, byte length, answer (enum
+ * fill_answer) and the number of failed fills ever recorded to out[0..3], copies its message
+ * into msg (at most capacity bytes) and returns the message's length. -ENOENT past the last.
+ */
+int64_t umap_region_error(uint32_t slot, uint64_t index, double *out, char *msg, uint64_t capacity)
+{
+	pthread_mutex_lock(&E.mu);
+	struct region *r = region_at(slot);
+	uint64_t kept = r ? min_u64(r->error_count, UMAP_REGION_ERRORS_MAX) : 0;
+	if (!r || !r->errors || index >= kept) {
+		pthread_mutex_unlock(&E.mu);
+		return -ENOENT;
+	}
+	uint64_t oldest = r->error_count - kept;
+	const struct fill_error *e = &r->errors[(oldest + index) % UMAP_REGION_ERRORS_MAX];
+	out[0] = (double)e->byte_offset;
+	out[1] = (double)e->byte_length;
+	out[2] = e->answer;
+	out[3] = (double)r->error_count;
+	uint64_t len = min_u64(strnlen(e->message, sizeof e->message), capacity);
+	memcpy(msg, e->message, len);
+	pthread_mutex_unlock(&E.mu);
+	return (int64_t)len;
+}
+
+/*
  * Counts the pages of [first_page, first_page + page_count) in the given state. Returns the
  * count, or -ENOENT / -EINVAL.
  */
@@ -1628,8 +1696,10 @@ int umap_region_release(uint32_t slot)
 	sorted_remove(slot);
 	free(r->state);
 	free(r->descriptor);
+	free(r->errors);
 	r->state = NULL;
 	r->descriptor = NULL;
+	r->errors = NULL;
 	r->live = 0;
 	r->closing = 0;
 	E.releases++;
@@ -1777,16 +1847,17 @@ int umap_worker_next(int id, double *out)
  * buffer; without it the page is installed as zeros (the worker has said so on stderr) and stays
  * in the buffer, to be read again from the store once evicted. Returns 0 or -errno.
  */
-static int answer_failed_fault(struct region *r, uint64_t page)
+static int answer_failed_fault(struct region *r, uint64_t page, int *answer)
 {
 	uint64_t start = page_address(r, page);
-	if (E.features & UFFD_FEATURE_POISON) {
+	if ((E.features & UFFD_FEATURE_POISON) && !r->zero_failed_fills) {
 		int poisoned = uffd_poison(start, r->page_size);
 		if (poisoned == 0) {
 			set_state(r, page, PAGE_POISONED);
 			r->stat[STAT_POISONED_PAGES]++;
 			E.resident_bytes -= r->page_size;
 			r->stat[STAT_RESIDENT_PAGES]--;
+			*answer = ANSWER_POISONED;
 		}
 		return poisoned;
 	}
@@ -1795,7 +1866,27 @@ static int answer_failed_fault(struct region *r, uint64_t page)
 		return -errno;
 	set_state(r, page, PAGE_PRESENT);
 	r->stat[STAT_ZEROED_PAGES]++;
+	*answer = ANSWER_ZEROED;
 	return 0;
+}
+
+/* Remembers a failed fill for umap_region_error(); the oldest record goes when the ring is full. */
+static void record_fill_error(struct region *r, const struct request *req, int answer,
+			      const char *error, uint64_t error_bytes)
+{
+	if (!r->errors) {
+		r->errors = calloc(UMAP_REGION_ERRORS_MAX, sizeof *r->errors);
+		if (!r->errors)
+			return; /* the counters still count it */
+	}
+	struct fill_error *e = &r->errors[r->error_count % UMAP_REGION_ERRORS_MAX];
+	e->byte_offset = req->first_page * r->page_size;
+	e->byte_length = req->page_count * r->page_size;
+	e->answer = answer;
+	uint64_t len = error ? min_u64(error_bytes, sizeof e->message - 1) : 0;
+	memcpy(e->message, error, len);
+	e->message[len] = 0;
+	r->error_count++;
 }
 
 /* Settles one request of a ticket; returns the ticket if that was its last one, else 0. */
@@ -1926,13 +2017,15 @@ int64_t umap_worker_complete(int id, int status, const char *error, uint64_t err
 				r->stat[STAT_BYTES_READ] -= bytes;
 			}
 			r->stat[STAT_FILL_ERRORS]++;
+			int answer = ANSWER_NONE;
 			for (uint64_t p = req.first_page; p < req.first_page + req.page_count; p++) {
-				if (p == req.fault_page && answer_failed_fault(r, p) == 0)
+				if (p == req.fault_page && answer_failed_fault(r, p, &answer) == 0)
 					continue;
 				set_state(r, p, PAGE_EMPTY);
 				E.resident_bytes -= r->page_size;
 				r->stat[STAT_RESIDENT_PAGES]--;
 			}
+			record_fill_error(r, &req, answer, error, error_bytes);
 		}
 		/* Installed pages' waiters resume; EMPTY pages' waiters fault again and get their
 		 * own request. */

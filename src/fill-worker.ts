@@ -129,9 +129,11 @@ async function serveRequest(kind: number, slot: number, generation: number, byte
     }
     if (request[RequestField.FAULTED] === 1) {
       const answer =
-        native.umap_engine_features() & Feature.POISON
-          ? "the access that needed it gets SIGBUS"
-          : "the access that needed it reads zeros (this kernel has no UFFDIO_POISON to raise SIGBUS)";
+        native.umap_region_zero_failed_fills(slot) === 1
+          ? "the access that needed it reads zeros (onFillError: \"zero\"); region.errors() has the error"
+          : native.umap_engine_features() & Feature.POISON
+            ? "the access that needed it gets SIGBUS"
+            : "the access that needed it reads zeros (this kernel has no UFFDIO_POISON to raise SIGBUS)";
       log(`${message}; ${answer}`);
     }
     return message;

@@ -1,7 +1,7 @@
 /** bun-umap: user-space memory mapping for Bun. The public API (see the README). */
 export { umap } from "./umap.ts";
-export { Region, type RegionStats } from "./region.ts";
+export { Region, type FillError, type RegionStats } from "./region.ts";
 export { UmapError, ErrorCode } from "./errors.ts";
-export type { UmapOptions } from "./options.ts";
+export type { FillErrorMode, UmapOptions } from "./options.ts";
 export { defineStore, type Store, type StoreDescriptor, type StoreInstance } from "./store.ts";
 export { FileStore, type FileStoreOptions } from "../stores/file.ts";

@@ -24,6 +24,9 @@ const symbols = {
   umap_region_descriptor: { args: [u32, u32, ptr, u64], returns: i64_fast },
   umap_region_stats: { args: [u32, ptr], returns: i32 },
   umap_region_count_state: { args: [u32, u64, u64, u32], returns: i64_fast },
+  umap_region_set_zero_failed_fills: { args: [u32, i32], returns: i32 },
+  umap_region_zero_failed_fills: { args: [u32], returns: i32 },
+  umap_region_error: { args: [u32, u64, ptr, ptr, u64], returns: i64_fast },
   umap_region_prefetch: { args: [u32, u64, u64], returns: i64_fast },
   umap_region_flush: { args: [u32], returns: i64_fast },
   umap_region_writeback_pending: { args: [u32, u64, u64, ptr, u64], returns: i64_fast },
@@ -55,6 +58,9 @@ export type WorkerRole = (typeof WorkerRole)[keyof typeof WorkerRole];
 
 /** What a request asks for (csrc/umap.c, enum request_kind). */
 export const RequestKind = { FILL: 0, WRITE: 1, MARKER: 2 } as const;
+
+/** How a failed fill answered its faulting page (csrc/umap.c, enum fill_answer). */
+export const FillAnswer = { NONE: 0, POISONED: 1, ZEROED: 2 } as const;
 
 /** Page states as the engine keeps them (csrc/umap.c, enum page_state). */
 export const PageState = { EMPTY: 0, FILLING: 1, PRESENT: 2, POISONED: 3 } as const;

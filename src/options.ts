@@ -25,7 +25,15 @@ export interface UmapOptions {
   readAhead?: number;
   /** Fault messages the engine reads at once. `UMAP_MAX_FAULT_EVENTS`. */
   maxFaultEvents?: number;
+  /**
+   * What the access that needed a page gets when its fill fails for good: "sigbus" (default,
+   * as a kernel mapping of a failing file) or "zero" (the page reads as zeros; the error is in
+   * region.errors()).
+   */
+  onFillError?: FillErrorMode;
 }
+
+export type FillErrorMode = "sigbus" | "zero";
 
 /** Settings of the whole engine: shared by every region of the process. */
 export interface EngineSettings {
@@ -43,6 +51,7 @@ export interface RegionSettings {
   writable: boolean;
   /** Pages, or -1 for adaptive read-ahead. */
   readAhead: number;
+  onFillError: FillErrorMode;
 }
 
 /** Which engine settings the caller chose (an option or a variable) rather than defaulted. */
@@ -68,6 +77,7 @@ const KNOWN_OPTIONS = new Set([
   "lowWater",
   "readAhead",
   "maxFaultEvents",
+  "onFillError",
 ]);
 
 type Env = Record<string, string | undefined>;
@@ -166,6 +176,9 @@ export function resolveOptions(
   if (lowWaterPercent > highWaterPercent) {
     invalidArgument(`low water mark (${lowWaterPercent}%) must not be above the high water mark (${highWaterPercent}%)`);
   }
+  if (given.onFillError !== undefined && given.onFillError !== "sigbus" && given.onFillError !== "zero") {
+    invalidArgument(`option onFillError must be "sigbus" or "zero", got ${describeValue(given.onFillError)}`);
+  }
   const readAhead = integerSetting("readAhead", given.readAhead, "UMAP_READ_AHEAD", env, 0, 2 ** 32);
   const events = integerSetting(
     "maxFaultEvents",
@@ -185,7 +198,12 @@ export function resolveOptions(
       lowWaterPercent,
       maxFaultEvents: events?.value ?? DEFAULT_MAX_FAULT_EVENTS,
     },
-    region: { pageSize, writable: given.writable === true, readAhead: readAhead?.value ?? -1 },
+    region: {
+      pageSize,
+      writable: given.writable === true,
+      readAhead: readAhead?.value ?? -1,
+      onFillError: (given.onFillError as FillErrorMode | undefined) ?? "sigbus",
+    },
     explicit: {
       bufferBytes: bufferExplicit,
       fillers: fillers !== undefined,

@@ -4,7 +4,7 @@
 import { toArrayBuffer, type Pointer } from "bun:ffi";
 import { Engine } from "./engine.ts";
 import { ErrorCode, UmapError, describeError, describeValue, engineError, invalidArgument } from "./errors.ts";
-import { PageState, REGION_STAT_FIELDS } from "./native.ts";
+import { FillAnswer, PageState, REGION_STAT_FIELDS } from "./native.ts";
 import { closeStore, type StoreInstance } from "./store.ts";
 
 /** JavaScriptCore's limit for one ArrayBuffer: larger regions are read through view(). */
@@ -16,6 +16,20 @@ const ENOMEM = -12;
 const EIO = -5;
 
 export type RegionStats = { [K in (typeof REGION_STAT_FIELDS)[number]]: number };
+
+/** A fill that failed for good, as region.errors() reports it. */
+export interface FillError {
+  /** The store range the failed read covered. */
+  readonly byteOffset: number;
+  readonly byteLength: number;
+  /** How the access that faulted there was answered, if one did. */
+  readonly answer: "sigbus" | "zero" | "none";
+  /** The store's error. */
+  readonly message: string;
+}
+
+/** Failed fills a region remembers (UMAP_REGION_ERRORS_MAX in csrc/umap.c): the latest ones. */
+export const FILL_ERRORS_KEPT = 64;
 
 /**
  * Writable regions still open. When the script's event loop runs dry, each is flushed once more
@@ -242,6 +256,30 @@ export class Region {
       stats[name] = this.#statsOut[i]!;
     });
     return stats;
+  }
+
+  /**
+   * The fills of this region that failed for good, oldest first: the last 64 of them
+   * (`stats().fillErrors` counts them all). With `onFillError: "zero"`, the pages they answered
+   * read as zeros.
+   */
+  errors(): FillError[] {
+    this.#checkOpen("errors()");
+    const native = this.#engine.native;
+    const fields = new Float64Array(4);
+    const message = new Uint8Array(512);
+    const errors: FillError[] = [];
+    for (let index = 0; index < FILL_ERRORS_KEPT; index++) {
+      const length = native.umap_region_error(this.#slot, index, fields, message, message.length);
+      if (length < 0) break;
+      errors.push({
+        byteOffset: fields[0]!,
+        byteLength: fields[1]!,
+        answer: fields[2] === FillAnswer.ZEROED ? "zero" : fields[2] === FillAnswer.POISONED ? "sigbus" : "none",
+        message: new TextDecoder().decode(message.subarray(0, length)),
+      });
+    }
+    return errors;
   }
 
   /** @internal The engine's slot of this region (tests use it with the engine's hooks). */

@@ -71,6 +71,7 @@ export async function umap(target: string | Store | StoreDescriptor, options?: U
       const json = new TextEncoder().encode(JSON.stringify(descriptor));
       slot = engine.native.umap_region_create(pageCount, pageSize, regionSettings.readAhead, writable ? 1 : 0, json, json.length);
       if (slot < 0) throw regionCreateError(slot, label, pageCount, pageSize);
+      if (regionSettings.onFillError === "zero") engine.native.umap_region_set_zero_failed_fills(slot, 1);
     } catch (error) {
       if (sharedFd !== undefined && sharedFd >= 0) engine.native.umap_fd_close(sharedFd);
       await engine.release();

@@ -256,6 +256,47 @@ describe("close", () => {
   });
 });
 
+describe("failed fills", () => {
+  test('onFillError: "zero": the access reads zeros, region.errors() names the range and the error, the rest reads right', async () => {
+    const store = defineStore(PATTERN_STORE, { size: 1 * MiB, failFrom: 65536, failTo: 65537 });
+    await using region = await umap(store, { pageSize: 64 * KiB, bufferSize: 1 * MiB, readAhead: 0, onFillError: "zero" });
+    expect(region.errors()).toEqual([]);
+    const page = region.view(65536, 65536);
+    expect(page.every((byte) => byte === 0)).toBe(true);
+    expect(checkPattern(region.view(0, 65536), 0, 65536)).toBeNull();
+    expect(checkPattern(region.view(2 * 65536, 65536), 2 * 65536, 65536)).toBeNull();
+    const stats = region.stats();
+    expect(stats.zeroedPages).toBe(1);
+    expect(stats.poisonedPages).toBe(0);
+    expect(stats.fillErrors).toBe(1);
+    const errors = region.errors();
+    expect(errors).toHaveLength(1);
+    expect(errors[0]!.byteOffset).toBe(65536);
+    expect(errors[0]!.byteLength).toBe(65536);
+    expect(errors[0]!.answer).toBe("zero");
+    expect(errors[0]!.message).toContain("injected failure");
+  });
+
+  test("region.errors() keeps the latest 64 failed fills; stats() counts them all", async () => {
+    const store = defineStore(PATTERN_STORE, { size: 8 * MiB, failFrom: 0, failTo: 8 * MiB });
+    await using region = await umap(store, { pageSize: 4 * KiB, bufferSize: 1 * MiB, readAhead: 0, onFillError: "zero" });
+    let sum = 0;
+    for (let page = 0; page < 100; page++) sum += region.bytes[page * 4096]!;
+    expect(sum).toBe(0);
+    expect(region.stats().fillErrors).toBe(100);
+    const errors = region.errors();
+    expect(errors).toHaveLength(64);
+    expect(errors[0]!.byteOffset).toBe(36 * 4096);
+    expect(errors[63]!.byteOffset).toBe(99 * 4096);
+  });
+
+  test('onFillError must be "sigbus" or "zero"', async () => {
+    const error = await umap(file, { onFillError: "ignore" as "zero" }).catch((e: unknown) => e);
+    expect((error as UmapError).code).toBe("ERR_UMAP_INVALID_ARGUMENT");
+    expect((error as UmapError).message).toContain("onFillError");
+  });
+});
+
 describe("limits", () => {
   test("a thousand regions open at once map and read right (LLNL UMap failed at about 900)", async () => {
     const regions: Region[] = [];

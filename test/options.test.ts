@@ -18,7 +18,7 @@ describe("environment variables", () => {
       UMAP_READ_AHEAD: "7",
       UMAP_MAX_FAULT_EVENTS: "32",
     });
-    expect(region).toEqual({ pageSize: 16384, writable: false, readAhead: 7 });
+    expect(region).toEqual({ pageSize: 16384, writable: false, readAhead: 7, onFillError: "sigbus" });
     expect(engine).toEqual({
       bufferBytes: 100 * 16384,
       fillers: 3,
@@ -42,7 +42,7 @@ describe("environment variables", () => {
 
   test("defaults: 64 KiB pages, adaptive read-ahead, 90/70 water marks, a buffer that holds pages", () => {
     const { engine, region, explicit } = resolveOptions(undefined, PAGE, {});
-    expect(region).toEqual({ pageSize: 65536, writable: false, readAhead: -1 });
+    expect(region).toEqual({ pageSize: 65536, writable: false, readAhead: -1, onFillError: "sigbus" });
     expect(engine.highWaterPercent).toBe(90);
     expect(engine.lowWaterPercent).toBe(70);
     expect(engine.bufferBytes % 65536).toBe(0);
