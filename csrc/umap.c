@@ -61,6 +61,8 @@
 #define UMAP_WRITEBACK_BUCKETS 4096
 /* Failed fills a region remembers for umap_region_error(): the most recent ones. */
 #define UMAP_REGION_ERRORS_MAX 64
+/* Workers that died serving a request before it is failed instead of handed to another worker. */
+#define UMAP_REQUEST_ATTEMPTS_MAX 3
 
 /* A page's state byte holds one of these in its low bits, and the flags below above them. */
 enum page_state { PAGE_EMPTY = 0, PAGE_FILLING = 1, PAGE_PRESENT = 2, PAGE_POISONED = 3 };
@@ -144,6 +146,7 @@ struct request {
 	uint64_t first_page;
 	uint64_t page_count;   /* REQUEST_FILL: pages to fill */
 	uint64_t fault_page;   /* the page whose fault made this request, or UINT64_MAX */
+	uint32_t attempts;     /* workers that died serving it so far */
 };
 
 /* Bytes of one page on their way to the store. */
@@ -156,6 +159,7 @@ struct writeback {
 	uint64_t seq;          /* the oldest snapshot this entry carries (see writeback_next_seq) */
 	uint64_t newer_seq;
 	int accounted;         /* its bytes count in the page buffer (its page was evicted) */
+	uint32_t attempts;     /* evictors that died writing it so far */
 	int32_t next;          /* hash chain, or free list */
 };
 
@@ -179,6 +183,7 @@ struct worker {
 
 struct ticket {
 	int used;
+	int orphaned; /* completed where no worker could report it: the main thread polls for it */
 	uint64_t pending; /* requests not yet completed, the closing marker included */
 	int failed;
 	char error[UMAP_TICKET_ERROR_BYTES];
@@ -238,6 +243,10 @@ static struct engine {
 	struct ticket tickets[UMAP_TICKETS_MAX];
 	struct command commands[UMAP_COMMANDS_MAX];
 	uint32_t command_count;
+	/* Every filler died and none has registered since: faults are answered as failed fills
+	 * rather than queued for nobody. */
+	int fillers_lost;
+	uint64_t worker_deaths;
 } E = {
 	.mu = PTHREAD_MUTEX_INITIALIZER,
 	.space_cv = PTHREAD_COND_INITIALIZER,
@@ -750,6 +759,8 @@ static int wait_queue_room(struct region *r)
 	return 0;
 }
 
+static void fail_queued_fills(void); /* see "worker deaths" */
+
 /*
  * Requests the run of EMPTY pages that starts at first (at most page_count of them): reserves
  * buffer space, marks the pages FILLING and queues them in batches. With fault_page set, the
@@ -817,6 +828,8 @@ static uint64_t request_run(struct region *r, uint64_t first, uint64_t page_coun
 		r->stat[STAT_FILL_REQUESTS]++;
 		done += req.page_count;
 	}
+	if (E.fillers_lost)
+		fail_queued_fills();
 	return run;
 }
 
@@ -1110,6 +1123,8 @@ int64_t umap_engine_start(uint64_t feature_mask)
 	E.fills.head = E.fills.count = 0;
 	E.writes.head = E.writes.count = 0;
 	E.command_count = 0;
+	E.fillers_lost = 0;
+	E.worker_deaths = 0;
 	if (E.fault_events_max == 0)
 		E.fault_events_max = 256;
 	int err = pthread_create(&E.monitor, NULL, monitor_main, NULL);
@@ -1725,6 +1740,19 @@ enum worker_field {
 	REQ_FIELDS
 };
 
+/* A worker thread that ends without unregistering (it died: a store called process.exit(), an
+ * uncaught error, terminate()) runs this key's destructor, so the engine learns of it at once
+ * and on a thread of its own, even while the main thread is parked on a fault. */
+static pthread_key_t worker_key;
+static pthread_once_t worker_key_once = PTHREAD_ONCE_INIT;
+static void worker_thread_gone(void *value);
+
+static void make_worker_key(void)
+{
+	int err = pthread_key_create(&worker_key, worker_thread_gone);
+	UMAP_ASSERT(err == 0);
+}
+
 /*
  * Claims a worker slot for the running engine, as a filler or an evictor (enum worker_role).
  * Returns its id, -EINVAL, -ENOSPC, or -ESHUTDOWN.
@@ -1749,7 +1777,11 @@ int umap_worker_register(int role)
 	E.workers[id].busy = 0;
 	E.workers[id].role = role;
 	E.workers[id].epoch = E.epoch;
+	if (role == ROLE_FILLER)
+		E.fillers_lost = 0;
 	pthread_mutex_unlock(&E.mu);
+	pthread_once(&worker_key_once, make_worker_key);
+	pthread_setspecific(worker_key, (void *)(intptr_t)(id + 1));
 	return id;
 }
 
@@ -1768,6 +1800,9 @@ int umap_worker_unregister(int id)
 		munmap(w->staging, w->staging_bytes);
 	memset(w, 0, sizeof *w);
 	pthread_mutex_unlock(&E.mu);
+	/* Called on the worker's own thread: its exit is no longer a death. */
+	pthread_once(&worker_key_once, make_worker_key);
+	pthread_setspecific(worker_key, NULL);
 	return 0;
 }
 
@@ -1954,6 +1989,30 @@ static void complete_write(struct region *r, int32_t index, int status, const ch
 }
 
 /*
+ * Fails a fill request whose pages are FILLING (E.mu held): the faulting page is answered as the
+ * region says (SIGBUS or zeros), the rest return to EMPTY, and their waiters are woken to fault
+ * again. Returns the ticket this completed, or 0.
+ */
+static uint32_t fail_fill(struct region *r, const struct request *req, const char *error,
+			  uint64_t error_bytes)
+{
+	r->stat[STAT_FILL_ERRORS]++;
+	int answer = ANSWER_NONE;
+	for (uint64_t p = req->first_page; p < req->first_page + req->page_count; p++) {
+		if (p == req->fault_page && answer_failed_fault(r, p, &answer) == 0)
+			continue;
+		set_state(r, p, PAGE_EMPTY);
+		E.resident_bytes -= r->page_size;
+		r->stat[STAT_RESIDENT_PAGES]--;
+	}
+	record_fill_error(r, req, answer, error, error_bytes);
+	uffd_wake(page_address(r, req->first_page), req->page_count * r->page_size);
+	r->inflight_pages -= req->page_count;
+	pthread_cond_broadcast(&E.space_cv);
+	return ticket_settle(req->ticket, error, error_bytes);
+}
+
+/*
  * Completes the worker's current request (status 0, or < 0 with error naming why). A fill:
  * with status 0 the staging buffer holds the bytes of every page of the request: they are
  * installed (write-protected in writable regions) and the waiting threads woken; with status <
@@ -2006,37 +2065,168 @@ int64_t umap_worker_complete(int id, int status, const char *error, uint64_t err
 	}
 
 	pthread_mutex_lock(&E.mu);
-	if (req.kind == REQUEST_FILL) {
-		if (status == 0) {
+	uint32_t done;
+	if (req.kind == REQUEST_FILL && status != 0) {
+		if (counted) {
+			r->stat[STAT_FILLS] -= req.page_count;
+			r->stat[STAT_BYTES_READ] -= bytes;
+		}
+		done = fail_fill(r, &req, error, error_bytes);
+	} else {
+		if (req.kind == REQUEST_FILL) {
 			for (uint64_t p = req.first_page; p < req.first_page + req.page_count; p++)
 				set_state(r, p, PAGE_PRESENT);
 			r->stat[STAT_COPY_RACES] += races;
-		} else {
-			if (counted) {
-				r->stat[STAT_FILLS] -= req.page_count;
-				r->stat[STAT_BYTES_READ] -= bytes;
-			}
-			r->stat[STAT_FILL_ERRORS]++;
-			int answer = ANSWER_NONE;
-			for (uint64_t p = req.first_page; p < req.first_page + req.page_count; p++) {
-				if (p == req.fault_page && answer_failed_fault(r, p, &answer) == 0)
-					continue;
-				set_state(r, p, PAGE_EMPTY);
-				E.resident_bytes -= r->page_size;
-				r->stat[STAT_RESIDENT_PAGES]--;
-			}
-			record_fill_error(r, &req, answer, error, error_bytes);
+			/* The installed pages' waiters resume. */
+			uffd_wake(first, bytes);
+			r->inflight_pages -= req.page_count;
 		}
-		/* Installed pages' waiters resume; EMPTY pages' waiters fault again and get their
-		 * own request. */
-		uffd_wake(first, bytes);
-		r->inflight_pages -= req.page_count;
+		done = ticket_settle(req.ticket, status ? error : NULL, error_bytes);
 	}
-	uint32_t done = ticket_settle(req.ticket, status ? error : NULL, error_bytes);
 	w->busy = 0;
 	pthread_cond_broadcast(&E.space_cv);
 	pthread_mutex_unlock(&E.mu);
 	return done;
+}
+
+/* ---------------------------------------------------------------- worker deaths */
+
+static int workers_alive(int role)
+{
+	int alive = 0;
+	for (int i = 0; i < UMAP_WORKERS_MAX; i++)
+		alive += E.workers[i].used && E.workers[i].role == role &&
+			 E.workers[i].epoch == E.epoch;
+	return alive;
+}
+
+/* A ticket completed where no worker will report it: the main thread finds it by polling. */
+static void orphan_ticket(uint32_t ticket)
+{
+	if (ticket)
+		E.tickets[ticket].orphaned = 1;
+}
+
+static const char FILLERS_LOST[] =
+	"no fill worker is left (each one died); a replacement starts once the main thread runs";
+
+/*
+ * With no filler left, fails every queued fill (E.mu held), so that no thread stays parked on a
+ * request nobody will serve; ticket markers stay queued for the replacement workers.
+ */
+static void fail_queued_fills(void)
+{
+	uint32_t kept = 0, count = E.fills.count;
+	for (uint32_t i = 0; i < count; i++) {
+		struct request req = E.fills.items[(E.fills.head + i) % UMAP_QUEUE_MAX];
+		if (req.kind == REQUEST_FILL && E.regions[req.slot].live) {
+			orphan_ticket(fail_fill(&E.regions[req.slot], &req, FILLERS_LOST,
+						sizeof FILLERS_LOST - 1));
+			continue;
+		}
+		E.fills.items[(E.fills.head + kept++) % UMAP_QUEUE_MAX] = req;
+	}
+	E.fills.count = kept;
+	pthread_cond_broadcast(&E.space_cv);
+}
+
+/*
+ * Hands the request of a worker that died to another worker of its role, or fails it when
+ * none is left or UMAP_REQUEST_ATTEMPTS_MAX workers have died serving it (E.mu held).
+ */
+static void reassign_request(struct worker *w)
+{
+	static const char died[] = "the worker serving it died (its store ended the thread)";
+	struct request req = w->req;
+	struct region *r = &E.regions[req.slot];
+	if (req.kind == REQUEST_WRITE) {
+		struct writeback *wb = &E.writebacks[req.writeback];
+		wb->attempts++;
+		if (wb->attempts < UMAP_REQUEST_ATTEMPTS_MAX && workers_alive(ROLE_EVICTOR) > 0 &&
+		    E.writes.count < UMAP_QUEUE_MAX) {
+			wb->state = WB_QUEUED;
+			int queued = queue_write(req.writeback);
+			UMAP_ASSERT(queued == 0);
+		} else {
+			complete_write(r, req.writeback, -EIO, died, sizeof died - 1);
+		}
+		return;
+	}
+	req.attempts++;
+	if (req.attempts < UMAP_REQUEST_ATTEMPTS_MAX && workers_alive(ROLE_FILLER) > 0 &&
+	    queue_push(&E.fills, &req, 1) == 0)
+		return;
+	if (req.kind == REQUEST_FILL)
+		orphan_ticket(fail_fill(r, &req, died, sizeof died - 1));
+	else
+		orphan_ticket(ticket_settle(req.ticket, NULL, 0));
+}
+
+static void worker_thread_gone(void *value)
+{
+	int id = (int)(intptr_t)value - 1;
+	UMAP_ASSERT(id >= 0 && id < UMAP_WORKERS_MAX);
+	pthread_mutex_lock(&E.mu);
+	struct worker *w = &E.workers[id];
+	if (!w->used) {
+		pthread_mutex_unlock(&E.mu);
+		return;
+	}
+	int current = E.running && w->epoch == E.epoch;
+	int role = w->role;
+	E.worker_deaths += current;
+	/* Out of the pool first, so that its request is not handed back to it. */
+	w->used = 0;
+	if (w->busy && current)
+		reassign_request(w);
+	if (w->staging)
+		munmap(w->staging, w->staging_bytes);
+	memset(w, 0, sizeof *w);
+	if (current && !E.stopping && role == ROLE_FILLER && workers_alive(ROLE_FILLER) == 0) {
+		static const char note[] = "bun-umap engine: every fill worker died; faults are answered "
+					   "as failed fills until a replacement starts\n";
+		ssize_t ignored = write(2, note, sizeof note - 1);
+		(void)ignored;
+		E.fillers_lost = 1;
+		fail_queued_fills();
+	}
+	pthread_mutex_unlock(&E.mu);
+}
+
+/* Workers of the given role (enum worker_role) registered with the running engine. */
+int umap_engine_workers(int role)
+{
+	pthread_mutex_lock(&E.mu);
+	int alive = workers_alive(role);
+	pthread_mutex_unlock(&E.mu);
+	return alive;
+}
+
+/* Workers of the running engine that died without unregistering. */
+int64_t umap_engine_worker_deaths(void)
+{
+	pthread_mutex_lock(&E.mu);
+	int64_t deaths = (int64_t)E.worker_deaths;
+	pthread_mutex_unlock(&E.mu);
+	return deaths;
+}
+
+/*
+ * Writes up to capacity tickets that completed without a worker to report them (their worker
+ * died) to out, and returns how many; each is reported once. Take each with umap_ticket_take().
+ */
+int64_t umap_ticket_orphans(uint32_t *out, uint64_t capacity)
+{
+	pthread_mutex_lock(&E.mu);
+	int64_t count = 0;
+	for (uint32_t t = 1; t < UMAP_TICKETS_MAX && (uint64_t)count < capacity; t++) {
+		if (E.tickets[t].used && E.tickets[t].orphaned && E.tickets[t].pending == 0) {
+			E.tickets[t].orphaned = 0;
+			out[count++] = t;
+		}
+	}
+	pthread_mutex_unlock(&E.mu);
+	return count;
 }
 
 /*

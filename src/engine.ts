@@ -14,6 +14,14 @@ import type { EngineSettings, ExplicitSettings } from "./options.ts";
 const WORKER_START_TIMEOUT_MS = 30_000;
 /** How long stopping waits for a worker to leave on its own before terminating it. */
 const WORKER_EXIT_TIMEOUT_MS = 5_000;
+/**
+ * Workers that die (a store that calls process.exit(), an uncaught error in store code) are
+ * replaced, up to this many times in one run of the engine: a store that kills every worker it
+ * runs in must not make the process spawn threads forever.
+ */
+const WORKER_REPLACEMENTS_MAX = 32;
+/** How often pending prefetches look for tickets that a dying worker could not report. */
+const ORPHAN_POLL_MS = 20;
 
 const OPEN_MODES = ["none", "userfaultfd(2)", "/dev/userfaultfd", "userfaultfd(2) user-mode-only"] as const;
 
@@ -35,6 +43,11 @@ export class Engine {
   readonly systemPageSize: number;
   settings: EngineSettings;
   readonly #workers: Worker[] = [];
+  /** The role of each worker, to replace one that dies with one of the same kind. */
+  readonly #roles = new Map<Worker, WorkerRole>();
+  #replacements = 0;
+  #orphanPoll: ReturnType<typeof setInterval> | undefined;
+  readonly #orphans = new Uint32Array(64);
   /** Evictors start with the first writable region: read-only use never pays for them. */
   #evictorCount = 0;
   readonly #tickets = new Map<number, Ticket>();
@@ -154,6 +167,7 @@ export class Engine {
     for (let i = 0; i < count; i++) {
       const worker = new Worker(new URL("./fill-worker.ts", import.meta.url), { workerData: data });
       this.#workers.push(worker);
+      this.#roles.set(worker, data.role);
       started.push(this.#watchWorker(worker));
     }
     await Promise.all(started);
@@ -180,7 +194,34 @@ export class Engine {
       worker.on("error", (error: Error) => {
         clearTimeout(timer);
         reject(new UmapError(ErrorCode.INTERNAL, `a fill worker failed: ${error.message}`, { cause: error }));
+        if (!this.#stopping) process.stderr.write(`bun-umap: a worker failed: ${error.message}\n`);
       });
+      worker.once("exit", () => this.#workerExited(worker));
+    });
+  }
+
+  /**
+   * A worker ended. While the engine runs, that is a death: the engine has already handed its
+   * request to another worker (csrc/umap.c, "worker deaths"); here a replacement is started.
+   */
+  #workerExited(worker: Worker): void {
+    const role = this.#roles.get(worker);
+    this.#roles.delete(worker);
+    const index = this.#workers.indexOf(worker);
+    if (index >= 0) this.#workers.splice(index, 1);
+    if (this.#stopping || role === undefined) return;
+    if (role === WorkerRole.EVICTOR) this.#evictorCount--;
+    if (this.#replacements >= WORKER_REPLACEMENTS_MAX) {
+      process.stderr.write(`bun-umap: a worker died; ${WORKER_REPLACEMENTS_MAX} have been replaced already, so this one is not\n`);
+      return;
+    }
+    this.#replacements++;
+    process.stderr.write(`bun-umap: a ${role === WorkerRole.EVICTOR ? "write-back" : "fill"} worker died; starting a replacement\n`);
+    if (role === WorkerRole.EVICTOR) this.#evictorCount++;
+    this.#addWorkers(1, { addresses: loadNative().addresses, role }).catch((error: unknown) => {
+      if (role === WorkerRole.EVICTOR) this.#evictorCount--;
+      // The engine stopping meanwhile needs no replacement.
+      if (!this.#stopping) process.stderr.write(`bun-umap: the replacement worker did not start: ${(error as Error).message}\n`);
     });
   }
 
@@ -215,7 +256,18 @@ export class Engine {
       this.#tickets.set(ticket, { resolve, reject, describe });
       // Pending prefetches keep the process alive: the worker that will report them does.
       if (this.#tickets.size === 1) this.#workers[0]?.ref();
+      // A ticket whose last request died with its worker is reported by no one: look for it.
+      this.#orphanPoll ??= setInterval(() => this.#settleOrphans(), ORPHAN_POLL_MS);
     });
+  }
+
+  #settleOrphans(): void {
+    const count = this.native.umap_ticket_orphans(this.#orphans, this.#orphans.length);
+    for (let i = 0; i < count; i++) this.#settleTicket(this.#orphans[i]!);
+    if (this.#tickets.size === 0) {
+      clearInterval(this.#orphanPoll);
+      this.#orphanPoll = undefined;
+    }
   }
 
   #settleTicket(ticket: number): void {
@@ -224,7 +276,11 @@ export class Engine {
     const waiter = this.#tickets.get(ticket);
     if (!waiter) return;
     this.#tickets.delete(ticket);
-    if (this.#tickets.size === 0) this.#workers[0]?.unref();
+    if (this.#tickets.size === 0) {
+      this.#workers[0]?.unref();
+      clearInterval(this.#orphanPoll);
+      this.#orphanPoll = undefined;
+    }
     if (error === null) waiter.resolve();
     else waiter.reject(new UmapError(ErrorCode.STORE, `${waiter.describe}: ${error}`));
   }

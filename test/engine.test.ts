@@ -297,6 +297,41 @@ describe("failed fills", () => {
   });
 });
 
+describe("worker deaths", () => {
+  const DYING_STORE = new URL("./fixtures/dying-store.ts", import.meta.url);
+
+  test("a worker whose store ends its thread is replaced, and the request it held is filled by another", async () => {
+    const native = loadNative().native;
+    const marker = join(dir.path, "died-once");
+    const store = defineStore(DYING_STORE, { size: 4 * MiB, dieOnce: marker });
+    await using region = await umap(store, { pageSize: 64 * KiB, bufferSize: 8 * MiB, readAhead: 0, fillers: 2 });
+    const deathsBefore = native.umap_engine_worker_deaths();
+    expect(checkPattern(region.view(3 * 65536, 65536), 3 * 65536, 65536)).toBeNull();
+    expect(native.umap_engine_worker_deaths()).toBe(deathsBefore + 1);
+    // A replacement registers once the main thread has run.
+    for (let waitedMs = 0; native.umap_engine_workers(0) < 2 && waitedMs < 10_000; waitedMs += 10) await Bun.sleep(10);
+    expect(native.umap_engine_workers(0)).toBe(2);
+    // The replacement serves too: the whole region reads right with both fillers busy.
+    expect(checkPattern(region.view(0, 4 * MiB), 0, 65536)).toBeNull();
+    await region.prefetch(0, 1 * MiB);
+    const stats = region.stats();
+    expect(stats.fillErrors).toBe(0);
+    expect(stats.fills).toBe(64);
+  });
+
+  test("a request that kills every worker it meets is failed after three, not handed on forever", async () => {
+    const store = defineStore(DYING_STORE, { size: 1 * MiB, dieAlways: true });
+    await using region = await umap(store, { pageSize: 64 * KiB, bufferSize: 4 * MiB, readAhead: 0, fillers: 2, onFillError: "zero" });
+    expect(region.bytes[70_000]).toBe(0);
+    const errors = region.errors();
+    expect(errors.length).toBe(1);
+    expect(errors[0]!.byteOffset).toBe(65536);
+    expect(errors[0]!.message).toMatch(/died|no fill worker is left/);
+    const failed = await region.prefetch(0, 65536).catch((e: unknown) => e);
+    expect((failed as UmapError).code).toBe("ERR_UMAP_STORE");
+  });
+});
+
 describe("limits", () => {
   test("a thousand regions open at once map and read right (LLNL UMap failed at about 900)", async () => {
     const regions: Region[] = [];
