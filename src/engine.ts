@@ -25,6 +25,14 @@ const ORPHAN_POLL_MS = 20;
 
 const OPEN_MODES = ["none", "userfaultfd(2)", "/dev/userfaultfd", "userfaultfd(2) user-mode-only"] as const;
 
+/** Said once per engine start where only user-mode-only userfaultfd could be opened. */
+const USER_MODE_ONLY_WARNING =
+  "bun-umap: this process may only use user-mode-only userfaultfd (it is not root, " +
+  "vm.unprivileged_userfaultfd is 0 and /dev/userfaultfd is not open to it). Reads from JavaScript work, " +
+  "but a system call given a view of pages not yet filled (fs.writeSync(fd, region.view(...)), a socket " +
+  "write) fails with EFAULT: await region.prefetch(byteOffset, byteLength) the range first, or allow " +
+  "kernel-mode faults with `sysctl vm.unprivileged_userfaultfd=1` or read-write access to /dev/userfaultfd.";
+
 interface Ticket {
   resolve(): void;
   reject(error: Error): void;
@@ -109,6 +117,7 @@ export class Engine {
     const features = native.umap_engine_start(featureMask());
     if (features < 0) throw unsupportedError(native, features);
     const engine = new Engine(native, features, settings);
+    if (engine.openMode === "userfaultfd(2) user-mode-only") process.emitWarning(USER_MODE_ONLY_WARNING, { code: "BUN_UMAP_USER_MODE_ONLY" });
     try {
       engine.#configure(settings);
       await engine.#addWorkers(settings.fillers, { addresses, role: WorkerRole.FILLER });

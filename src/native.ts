@@ -117,9 +117,7 @@ export function loadNative(): { native: Native; addresses: NativeAddresses } {
       library = cc({ source: SOURCE_PATH, symbols });
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
-      const hint = /userfaultfd\.h|include file/.test(message)
-        ? ": the Linux kernel headers are missing (install linux-libc-dev on Debian or Ubuntu, kernel-headers on Fedora)"
-        : "";
+      const hint = compileErrorHint(message);
       throw new UmapError(ErrorCode.UNSUPPORTED, `cannot compile the fault engine ${SOURCE_PATH}${hint}: ${message}`, {
         cause: error,
       });
@@ -132,6 +130,24 @@ export function loadNative(): { native: Native; addresses: NativeAddresses } {
     compiled = { native: library.symbols as unknown as Native, addresses: addresses as NativeAddresses, library };
   }
   return compiled;
+}
+
+/**
+ * What a compile failure means for the user. TinyCC's own headers (stddef.h, stdarg.h, ...) are
+ * written by Bun to the temporary directory before each compile, so their absence means that
+ * directory is not writable; a missing linux/ header means the kernel headers are not installed.
+ */
+function compileErrorHint(message: string): string {
+  const missing = /include file '([^']+)' not found/.exec(message)?.[1];
+  if (missing === undefined) return "";
+  if (/^(stddef|stdarg|stdbool|stdalign|stdnoreturn|float|varargs|tgmath)\.h$/.test(missing)) {
+    const tmp = process.env.TMPDIR || "/tmp";
+    return `: Bun could not write its C compiler's headers to the temporary directory ${tmp} (set TMPDIR to a directory this user can write)`;
+  }
+  if (missing.startsWith("linux/") || missing.startsWith("asm/")) {
+    return ": the Linux kernel headers are missing (install linux-libc-dev on Debian or Ubuntu, kernel-headers on Fedora)";
+  }
+  return `: the C header ${missing} is missing (install the C library's development headers, libc6-dev on Debian or Ubuntu)`;
 }
 
 /** Binds the engine's functions by address, in a worker thread. */

@@ -109,3 +109,18 @@ describe("views", () => {
     expect(() => region.prefetch(0, 2 * MiB)).toThrow(/past its end/);
   });
 });
+
+describe("the environment", () => {
+  test("a temporary directory the compiler cannot write to is named, not mistaken for missing kernel headers", () => {
+    const path = join(dir.path, "small.bin");
+    writePatternFile(path, 4096);
+    const result = Bun.spawnSync(
+      [process.execPath, "-e", `import { umap } from "./src/index.ts"; const e = await umap(${JSON.stringify(path)}).catch((e) => e); console.log(e.code, e.message.split("\\n")[0]);`],
+      { cwd: join(import.meta.dir, ".."), env: { ...process.env, TMPDIR: "/nonexistent/bun-umap" }, stdout: "pipe", stderr: "pipe", timeout: 30_000 },
+    );
+    const stdout = result.stdout.toString();
+    expect(stdout).toContain("ERR_UMAP_UNSUPPORTED");
+    expect(stdout).toContain("temporary directory /nonexistent/bun-umap");
+    expect(stdout).not.toContain("kernel headers");
+  });
+});
