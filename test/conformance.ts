@@ -94,7 +94,7 @@ export function storeConformance(
   setup: () => Promise<ConformanceSubject | string>,
   teardown?: () => Promise<void>,
 ): void {
-  describe(`${name} conformance`, () => {
+  describe(name, () => {
     let subject: ConformanceSubject | undefined;
     let skipReason = "setup did not run";
 
