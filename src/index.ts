@@ -5,3 +5,10 @@ export { UmapError, ErrorCode } from "./errors.ts";
 export type { FillErrorMode, UmapOptions } from "./options.ts";
 export { defineStore, type Store, type StoreDescriptor, type StoreInstance } from "./store.ts";
 export { FileStore, type FileStoreOptions } from "../stores/file.ts";
+export {
+  ShardedStore,
+  type ShardedCreateOptions,
+  type ShardedOpenOptions,
+  type ShardedConcatOptions,
+  type ShardedManifest,
+} from "../stores/sharded.ts";
