@@ -5,3 +5,10 @@ export { UmapError, ErrorCode } from "./errors.ts";
 export type { UmapOptions } from "./options.ts";
 export { defineStore, type Store, type StoreDescriptor, type StoreInstance } from "./store.ts";
 export { FileStore, type FileStoreOptions } from "../stores/file.ts";
+export {
+  Lz4Store,
+  type Lz4Info,
+  type Lz4OpenOptions,
+  type Lz4PackOptions,
+  type Lz4Verification,
+} from "../stores/lz4.ts";
