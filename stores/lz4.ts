@@ -141,7 +141,8 @@ export default class Lz4Store implements Store {
     if (typeof config !== "object" || config === null || typeof config.path !== "string" || config.path.length === 0) {
       invalidArgument("Lz4Store: use Lz4Store.open(location) to open a packed file");
     }
-    this.path = resolve(config.path);
+    // A URL-like label ("s3://...", "memory:...") of a byte range is kept as it is.
+    this.path = /^[a-z][a-z0-9+.-]*:/i.test(config.path) ? config.path : resolve(config.path);
     this.writable = config.writable === true;
     if (config.sessionStart !== undefined && (!Number.isSafeInteger(config.sessionStart) || config.sessionStart < FILE_HEADER_BYTES)) {
       invalidArgument(`Lz4Store ${this.path}: sessionStart must be a byte offset >= ${FILE_HEADER_BYTES}, got ${describeValue(config.sessionStart)}`);
@@ -159,6 +160,19 @@ export default class Lz4Store implements Store {
     const store = new Lz4Store({ path, writable: options.writable === true });
     store.#owner = true;
     store.#load();
+    return store;
+  }
+
+  /**
+   * Opens a packed file read-only over any byte range (a file held in memory, or a backend such
+   * as S3 that implements ByteRange). Such a store can be read and verified on this thread; it
+   * cannot back a region, whose workers need a location to open.
+   */
+  static openRange(range: ByteRange): Lz4Store {
+    const store = new Lz4Store({ path: range.label });
+    store.#owner = true;
+    store.#range = range;
+    store.#loadFrom(range);
     return store;
   }
 
@@ -285,6 +299,9 @@ export default class Lz4Store implements Store {
   }
 
   describe(): StoreDescriptor {
+    if (!this.#file) {
+      throw new UmapError(ErrorCode.UNSUPPORTED, `${this.label}: opened over a byte range, so workers cannot open it: use Lz4Store.open(path)`);
+    }
     const config: Lz4Config = { path: this.path, writable: this.writable };
     if (this.writable) config.sessionStart = this.#sessionStart!;
     return { module: Lz4Store.MODULE, options: config };
@@ -402,7 +419,8 @@ export default class Lz4Store implements Store {
       this.#closed = true;
       for (const fd of [this.#appendFd, this.#rootFd]) if (fd >= 0) closeSync(fd);
       this.#appendFd = this.#rootFd = -1;
-      this.#file?.close();
+      if (this.#file) this.#file.close();
+      else void this.#range?.close?.();
       this.#file = this.#range = undefined;
       if (this.#lockPath) unlinkSync(this.#lockPath);
       this.#lockPath = undefined;

@@ -1,0 +1,400 @@
+/**
+ * Lz4Store: the packed format round-trips (store level and mapped), corruption is reported and
+ * never served, the write path keeps every evictor's appends and survives a crash at its last
+ * flush, and the CLI does what its usage says.
+ */
+import { afterAll, describe, expect, test } from "bun:test";
+import { copyFileSync, existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { ErrorCode, Lz4Store, umap, UmapError } from "../src/index.ts";
+import { MemoryRange } from "../stores/lib/byte-range.ts";
+import { FILE_HEADER_BYTES, ROOT_SLOT_OFFSETS, decodeRootSlot, encodeRootSlot, hash64 } from "../stores/lib/lz4-format.ts";
+import { checkPattern, fillPattern, KiB, MiB, random, tempDir } from "./helpers.ts";
+
+const dir = tempDir("bun-umap-lz4-");
+afterAll(() => dir.remove());
+let fileCount = 0;
+const CLI = join(import.meta.dir, "..", "bin", "bun-umap.ts");
+/** A real library file (Debian's libicu72): about 31 MB of mixed, partly compressible data. */
+const LIBRARY_FILE = "/usr/lib/x86_64-linux-gnu/libicudata.so.72.1";
+
+function tempPath(name: string): string {
+  return join(dir.path, `${fileCount++}-${name}`);
+}
+
+/**
+ * Data that identifies itself but also compresses: pattern words, with every third 16 KiB
+ * stretch zeroed (LZ4 chunks) and the rest left as pattern (which LZ4 cannot shrink: raw chunks).
+ */
+function mixedData(byteLength: number): Uint8Array {
+  const bytes = new Uint8Array(byteLength);
+  fillPattern(bytes, 0);
+  for (let at = 0; at < byteLength; at += 48 * KiB) bytes.fill(0, at, Math.min(byteLength, at + 16 * KiB));
+  return bytes;
+}
+
+async function packed(data: Uint8Array, chunkSize?: number): Promise<{ source: string; target: string }> {
+  const source = tempPath("raw.bin");
+  const target = tempPath("packed.lz4");
+  writeFileSync(source, data);
+  await Lz4Store.pack(source, target, chunkSize === undefined ? {} : { chunkSize });
+  return { source, target };
+}
+
+function firstDifference(a: Uint8Array, b: Uint8Array): string | null {
+  if (a.length !== b.length) return `lengths ${a.length} and ${b.length}`;
+  if (Buffer.compare(a, b) === 0) return null;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return `byte ${i}: ${a[i]} != ${b[i]}`;
+  return null;
+}
+
+function thrown(fn: () => unknown): UmapError {
+  try {
+    fn();
+  } catch (error) {
+    if (!(error instanceof UmapError)) throw error;
+    return error;
+  }
+  throw new Error("expected a UmapError, nothing was thrown");
+}
+
+async function rejection(promise: Promise<unknown>): Promise<UmapError> {
+  const error = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  if (!(error instanceof UmapError)) throw new Error(`expected a UmapError, got ${String(error)}`);
+  return error;
+}
+
+function sha256(bytes: Uint8Array): string {
+  return new Bun.CryptoHasher("sha256").update(bytes).digest("hex");
+}
+
+function runCli(...args: string[]): { exitCode: number; stdout: string; stderr: string } {
+  const result = Bun.spawnSync([process.execPath, CLI, ...args], { stdout: "pipe", stderr: "pipe" });
+  return { exitCode: result.exitCode ?? -1, stdout: result.stdout.toString(), stderr: result.stderr.toString() };
+}
+
+describe("pack and read", () => {
+  test.each([4 * KiB, 64 * KiB, 1 * MiB])("chunk size %p: every byte comes back, raw and LZ4 chunks both used", async (chunkSize) => {
+    const size = 3 * MiB + 12345; // not a chunk multiple: the last chunk is short
+    const data = mixedData(size);
+    const { target } = await packed(data, chunkSize);
+    const store = await Lz4Store.open(target);
+    try {
+      const info = store.info();
+      expect(info.uncompressedSize).toBe(size);
+      expect(info.chunkCount).toBe(Math.ceil(size / chunkSize));
+      expect(info.chunkSize).toBe(chunkSize);
+      expect(info.supersededByteLength).toBe(0);
+      expect(info.fileByteLength).toBe(statSync(target).size);
+      expect(info.fileByteLength).toBeLessThan(size);
+      if (chunkSize === 4 * KiB) expect(info.rawChunkCount).toBeGreaterThan(0);
+      expect(info.lz4ChunkCount).toBeGreaterThan(0);
+      // Whole, then random reads of random lengths (across chunk boundaries, inside one chunk).
+      const whole = new Uint8Array(size);
+      store.read(0, whole);
+      expect(firstDifference(whole, data)).toBeNull();
+      const next = random(0x1234 + chunkSize);
+      for (let i = 0; i < 300; i++) {
+        const byteOffset = Math.floor(next() * size);
+        const byteLength = Math.min(size - byteOffset, 1 + Math.floor(next() * 3 * chunkSize));
+        const part = new Uint8Array(byteLength);
+        store.read(byteOffset, part);
+        expect(`${byteOffset}+${byteLength}: ${firstDifference(part, data.subarray(byteOffset, byteOffset + byteLength))}`).toBe(
+          `${byteOffset}+${byteLength}: null`,
+        );
+      }
+      expect(store.verify()).toEqual({ chunkCount: info.chunkCount, badChunks: [] });
+    } finally {
+      store.close();
+    }
+  });
+
+  test.each([
+    [4 * KiB, 64 * KiB],
+    [1 * MiB, 4 * KiB],
+    [64 * KiB, 64 * KiB],
+  ])("mapped with page size %p over chunks of %p through a 1 MiB buffer", async (pageSize, chunkSize) => {
+    const size = 6 * MiB + 4 * KiB;
+    const data = new Uint8Array(size);
+    fillPattern(data, 0);
+    const { target } = await packed(data, chunkSize);
+    const store = await Lz4Store.open(target);
+    const region = await umap(store, { pageSize, bufferSize: 2 * MiB });
+    try {
+      expect(region.byteLength).toBe(size);
+      // In 256 KiB windows, so the whole region passes through the buffer (and is evicted).
+      for (let at = 0; at < size; at += 256 * KiB) {
+        const length = Math.min(256 * KiB, size - at);
+        expect(checkPattern(region.view(at, length), at, pageSize)).toBeNull();
+      }
+      const stats = region.stats();
+      expect(stats.fills).toBe(Math.ceil(size / pageSize));
+      expect(stats.evictions).toBeGreaterThan(0);
+      expect(stats.fillErrors).toBe(0);
+    } finally {
+      await region.close();
+      store.close();
+    }
+  });
+
+  test.skipIf(!existsSync(LIBRARY_FILE))(
+    "a real 31 MB library packs smaller and hashes the same through a 4 MiB buffer; one flipped byte is named, never served",
+    async () => {
+      const target = tempPath("library.lz4");
+      await Lz4Store.pack(LIBRARY_FILE, target);
+      const original = readFileSync(LIBRARY_FILE);
+      expect(statSync(target).size).toBeLessThan(original.length);
+      const store = await Lz4Store.open(target);
+      const region = await umap(store, { bufferSize: 4 * MiB });
+      const hasher = new Bun.CryptoHasher("sha256");
+      for (let at = 0; at < region.byteLength; at += 4 * MiB) hasher.update(region.view(at, Math.min(4 * MiB, region.byteLength - at)));
+      expect(hasher.digest("hex")).toBe(sha256(original));
+      expect(region.stats().residentPages * region.pageSize).toBeLessThanOrEqual(4 * MiB);
+      await region.close();
+      store.close();
+
+      // Flip one byte in the middle of the packed copy: it lies in some chunk's payload.
+      const bad = tempPath("library-flipped.lz4");
+      copyFileSync(target, bad);
+      const bytes = readFileSync(bad);
+      bytes[bytes.length >> 1]! ^= 0x01;
+      writeFileSync(bad, bytes);
+      const damaged = await Lz4Store.open(bad);
+      try {
+        const { badChunks } = damaged.verify();
+        expect(badChunks.length).toBe(1);
+        const { chunkIndex, message } = badChunks[0]!;
+        expect(message).toContain(bad);
+        expect(message).toContain(`chunk ${chunkIndex}`);
+        const chunkStart = chunkIndex * damaged.chunkSize;
+        const error = thrown(() => damaged.read(chunkStart, new Uint8Array(10)));
+        expect(error.code).toBe(ErrorCode.CORRUPT);
+        expect(error.message).toContain(`chunk ${chunkIndex}`);
+        // Through a region: prefetch of the bad chunk rejects naming it; its neighbours read fine.
+        const mapped = await umap(damaged, { bufferSize: 4 * MiB });
+        try {
+          const failed = await rejection(mapped.prefetch(chunkStart, damaged.chunkSize));
+          expect(failed.code).toBe(ErrorCode.STORE);
+          expect(failed.message).toContain(ErrorCode.CORRUPT);
+          expect(failed.message).toContain(`chunk ${chunkIndex} `);
+          expect(mapped.stats().poisonedPages).toBe(0);
+          const before = Math.max(0, chunkStart - damaged.chunkSize);
+          await mapped.prefetch(before, chunkStart - before);
+          expect(sha256(mapped.view(before, chunkStart - before))).toBe(sha256(original.subarray(before, chunkStart)));
+        } finally {
+          await mapped.close();
+        }
+      } finally {
+        damaged.close();
+      }
+    },
+    60_000,
+  );
+
+  test("an empty file packs and reports itself; umap() refuses to map it", async () => {
+    const { target } = await packed(new Uint8Array(0));
+    const store = await Lz4Store.open(target);
+    expect(store.info().chunkCount).toBe(0);
+    expect(store.size).toBe(0);
+    const error = await rejection(umap(store));
+    expect(error.code).toBe(ErrorCode.INVALID_ARGUMENT);
+    store.close();
+  });
+});
+
+describe("arguments", () => {
+  test("s3 locations and options are refused as not available yet", async () => {
+    for (const attempt of [
+      Lz4Store.open("s3://bucket/key.lz4"),
+      Lz4Store.open(tempPath("x.lz4"), { s3: { region: "us-east-1" } }),
+      Lz4Store.pack("s3://bucket/raw", tempPath("x.lz4")),
+    ]) {
+      const error = await rejection(attempt);
+      expect(error.code).toBe(ErrorCode.UNSUPPORTED);
+      expect(error.message).toContain("S3 backing for Lz4Store is not available yet");
+    }
+  });
+
+  test("bad options, missing files and directories name the problem", async () => {
+    const { source } = await packed(mixedData(64 * KiB));
+    const cases: [Promise<unknown>, string, string][] = [
+      [Lz4Store.pack(source, tempPath("a.lz4"), { chunkSize: 3000 }), ErrorCode.INVALID_ARGUMENT, "chunkSize"],
+      [Lz4Store.pack(source, tempPath("a.lz4"), { chunkSize: 32 * MiB }), ErrorCode.INVALID_ARGUMENT, "chunkSize"],
+      [Lz4Store.pack(source, source), ErrorCode.INVALID_ARGUMENT, "same file"],
+      [Lz4Store.pack(tempPath("missing"), tempPath("a.lz4")), ErrorCode.NOT_FOUND, "missing"],
+      [Lz4Store.pack(source, dir.path), ErrorCode.INVALID_ARGUMENT, "directory"],
+      [Lz4Store.open(tempPath("missing.lz4")), ErrorCode.NOT_FOUND, "missing.lz4"],
+      [Lz4Store.open(dir.path), ErrorCode.INVALID_ARGUMENT, "directory"],
+      [Lz4Store.open(source, { writable: "yes" as unknown as boolean }), ErrorCode.INVALID_ARGUMENT, "writable"],
+      [Lz4Store.open(source, { chunkSize: 4096 } as never), ErrorCode.INVALID_ARGUMENT, '"chunkSize"'],
+      [Lz4Store.open(source), ErrorCode.CORRUPT, "wrong magic"],
+    ];
+    for (const [attempt, code, text] of cases) {
+      const error = await rejection(attempt);
+      expect(`${error.code}: ${error.message.includes(text)}`).toBe(`${code}: true`);
+    }
+  });
+});
+
+/** Rewrites the current root of a packed file in place (recomputing its check) to point elsewhere. */
+function withRoot(bytes: Uint8Array, change: (root: { sequence: number; indexOffset: number; dataEnd: number }) => void): Uint8Array {
+  const copy = bytes.slice();
+  const slotAt = ROOT_SLOT_OFFSETS[0];
+  const root = decodeRootSlot(copy.subarray(slotAt, slotAt + 32))!;
+  change(root);
+  copy.set(encodeRootSlot(root), slotAt);
+  return copy;
+}
+
+describe("corruption at open", () => {
+  test("wrong magic, version, a truncated file and an index pointing outside it are each named", async () => {
+    const { target } = await packed(mixedData(256 * KiB), 4 * KiB);
+    // A copy: a Buffer's slice() would share its bytes.
+    const good = new Uint8Array(readFileSync(target));
+    const version = good.slice();
+    version[8] = 2;
+    const root = decodeRootSlot(good.subarray(ROOT_SLOT_OFFSETS[0], ROOT_SLOT_OFFSETS[0] + 32))!;
+    const cases: [string, Uint8Array, string][] = [
+      ["magic", Object.assign(good.slice(), { 0: 0x41 }), "wrong magic"],
+      ["version", version, "format version 2"],
+      ["short", good.subarray(0, 100), "truncated: 100 bytes"],
+      ["truncated", good.subarray(0, good.length - 10), "truncated: the index ends at byte"],
+      ["cut in the data", good.subarray(0, root.indexOffset - 1000), "truncated"],
+      ["root past the end", withRoot(good, (r) => (r.dataEnd = good.length + 4096)), "truncated"],
+      ["root before the data", withRoot(good, (r) => (r.indexOffset = 16)), "outside"],
+      ["root at a chunk", withRoot(good, (r) => (r.indexOffset = FILE_HEADER_BYTES)), "not an index record"],
+      ["both roots torn", Object.assign(good.slice(), { [ROOT_SLOT_OFFSETS[0] + 3]: 0x77 }), "neither root slot"],
+    ];
+    for (const [name, bytes, text] of cases) {
+      const path = tempPath(`${name.replaceAll(" ", "-")}.lz4`);
+      writeFileSync(path, bytes);
+      const error = await rejection(Lz4Store.open(path));
+      expect(`${name}: ${error.code}: ${error.message.includes(path) && error.message.includes(text) ? "named" : error.message}`).toBe(
+        `${name}: ${ErrorCode.CORRUPT}: named`,
+      );
+    }
+  });
+
+  test("an index entry pointing outside the file is refused at open, even with a matching index checksum", async () => {
+    const { target } = await packed(mixedData(64 * KiB), 4 * KiB);
+    const bytes = new Uint8Array(readFileSync(target));
+    const root = decodeRootSlot(bytes.subarray(ROOT_SLOT_OFFSETS[0], ROOT_SLOT_OFFSETS[0] + 32))!;
+    const payloadAt = root.indexOffset + 32;
+    const view = new DataView(bytes.buffer);
+    view.setBigUint64(payloadAt + 5 * 24, BigInt(bytes.length + 100), true); // entry 5's offset
+    // Recompute the index record's content hash and header check so only the entry is wrong.
+    view.setBigUint64(root.indexOffset + 16, hash64(bytes.subarray(payloadAt, root.dataEnd)), true);
+    view.setUint32(root.indexOffset + 28, Bun.hash.crc32(bytes.subarray(root.indexOffset, root.indexOffset + 28)) >>> 0, true);
+    const path = tempPath("entry-outside.lz4");
+    writeFileSync(path, bytes);
+    const error = await rejection(Lz4Store.open(path));
+    expect(error.code).toBe(ErrorCode.CORRUPT);
+    expect(error.message).toContain("chunk 5");
+    expect(error.message).toContain("past byte");
+  });
+});
+
+describe("fuzz", () => {
+  test("2000 random mutations and truncations never crash, hang or return wrong bytes", async () => {
+    const seed = 0x5eed1234;
+    process.stderr.write(`lz4 fuzz seed 0x${seed.toString(16)}\n`);
+    const data = mixedData(96 * KiB + 1000);
+    const { target } = await packed(data, 4 * KiB);
+    const good = new Uint8Array(readFileSync(target));
+    const next = random(seed);
+    const outcomes = { openFailed: 0, readFailed: 0, intact: 0 };
+    const readBack = new Uint8Array(data.length);
+    for (let iteration = 0; iteration < 2000; iteration++) {
+      let bytes = good.slice();
+      const mutation = iteration % 4;
+      if (mutation === 0) {
+        // Flip one to eight random bits anywhere.
+        for (let flips = 1 + Math.floor(next() * 8); flips > 0; flips--) bytes[Math.floor(next() * bytes.length)]! ^= 1 << Math.floor(next() * 8);
+      } else if (mutation === 1) {
+        bytes = bytes.subarray(0, Math.floor(next() * bytes.length));
+      } else if (mutation === 2) {
+        // A 32-bit field overwritten with an edge value, in the header, a record header or the index.
+        const at = Math.floor(next() * (bytes.length - 4));
+        const values = [0, 0xffffffff, bytes.length, 0x7fffffff, 4096, Math.floor(next() * 2 ** 32)];
+        new DataView(bytes.buffer).setUint32(at, values[Math.floor(next() * values.length)]!, true);
+      } else {
+        // Damage aimed at the header and roots, where checks are densest.
+        bytes[Math.floor(next() * FILE_HEADER_BYTES)]! ^= 1 << Math.floor(next() * 8);
+      }
+      let store: Lz4Store;
+      try {
+        store = Lz4Store.openRange(new MemoryRange(bytes, `memory:fuzz-${iteration}`));
+      } catch (error) {
+        if (!(error instanceof UmapError) || error.code !== ErrorCode.CORRUPT) throw new Error(`iteration ${iteration} (seed ${seed}): open threw ${String(error)}`);
+        outcomes.openFailed++;
+        continue;
+      }
+      try {
+        expect(store.size).toBe(data.length);
+        readBack.fill(0xee);
+        store.read(0, readBack);
+        const difference = firstDifference(readBack, data);
+        if (difference) throw new Error(`iteration ${iteration} (seed ${seed}): wrong bytes served silently: ${difference}`);
+        outcomes.intact++;
+      } catch (error) {
+        if (!(error instanceof UmapError) || error.code !== ErrorCode.CORRUPT) throw error;
+        outcomes.readFailed++;
+      }
+    }
+    // Every kind of outcome happened: the fuzzer reaches past the open checks.
+    expect(outcomes.openFailed).toBeGreaterThan(100);
+    expect(outcomes.readFailed).toBeGreaterThan(100);
+    expect(outcomes.intact).toBeGreaterThan(0);
+    expect(outcomes.openFailed + outcomes.readFailed + outcomes.intact).toBe(2000);
+  }, 60_000);
+});
+
+describe("cli", () => {
+  test("pack, info, verify, unpack and compact; a damaged file fails verify naming its chunk", async () => {
+    const source = tempPath("cli.bin");
+    const data = mixedData(512 * KiB + 7);
+    writeFileSync(source, data);
+    const target = tempPath("cli.lz4");
+    const packedRun = runCli("pack", source, target, "--chunk-size", "16k");
+    expect(packedRun.exitCode).toBe(0);
+    expect(packedRun.stdout).toContain("33 chunks of 16.0 KiB");
+    const info = runCli("info", target, "--json");
+    expect(info.exitCode).toBe(0);
+    const parsed = JSON.parse(info.stdout);
+    expect([parsed.uncompressedSize, parsed.chunkCount, parsed.chunkSize, parsed.fileByteLength]).toEqual([data.length, 33, 16 * KiB, statSync(target).size]);
+    expect(parsed.ratio).toBeGreaterThan(1);
+    const verified = runCli("verify", target);
+    expect([verified.exitCode, verified.stdout.trim()]).toEqual([0, `ok: ${target}: all 33 chunks pass their checksums`]);
+    const unpacked = tempPath("cli.out");
+    expect(runCli("unpack", target, unpacked).exitCode).toBe(0);
+    expect(firstDifference(new Uint8Array(readFileSync(unpacked)), data)).toBeNull();
+    expect(runCli("compact", target).exitCode).toBe(0);
+    expect(runCli("verify", target).exitCode).toBe(0);
+
+    const bytes = readFileSync(target);
+    bytes[bytes.length >> 1]! ^= 0x10;
+    writeFileSync(target, bytes);
+    const damaged = runCli("verify", target);
+    expect(damaged.exitCode).toBe(1);
+    expect(damaged.stdout).toMatch(/^bad chunk \d+: .*fails its checksum/m);
+    expect(damaged.stdout).toContain(`CORRUPT: ${target}: 1 of 33 chunks are bad`);
+
+    writeFileSync(target, bytes.subarray(0, 50));
+    const truncated = runCli("info", target);
+    expect(truncated.exitCode).toBe(1);
+    expect(truncated.stderr).toContain("ERR_UMAP_CORRUPT");
+    expect(truncated.stderr).toContain("truncated");
+  }, 30_000);
+
+  test("bad usage exits 2 with the usage", () => {
+    for (const args of [[], ["frob"], ["pack", "only-one"], ["info", "x", "--chunk-size", "4k"], ["pack", "a", "b", "--chunk-size", "lots"]]) {
+      const run = runCli(...args);
+      expect(`${args.join(" ")}: ${run.exitCode}`).toBe(`${args.join(" ")}: 2`);
+      expect(run.stderr).toContain("usage: bun-umap");
+    }
+    expect(runCli("--help").exitCode).toBe(0);
+  });
+});
