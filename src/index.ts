@@ -12,3 +12,10 @@ export {
   type Lz4PackOptions,
   type Lz4Verification,
 } from "../stores/lz4.ts";
+export {
+  ShardedStore,
+  type ShardedCreateOptions,
+  type ShardedOpenOptions,
+  type ShardedConcatOptions,
+  type ShardedManifest,
+} from "../stores/sharded.ts";
