@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { ErrorCode, Lz4Store, umap, UmapError } from "../src/index.ts";
 import { MemoryRange } from "../stores/lib/byte-range.ts";
 import { FILE_HEADER_BYTES, ROOT_SLOT_OFFSETS, decodeRootSlot, encodeRootSlot, hash64 } from "../stores/lib/lz4-format.ts";
+import { storeConformance } from "./conformance.ts";
 import { checkPattern, fillPattern, KiB, MiB, random, tempDir } from "./helpers.ts";
 
 const dir = tempDir("bun-umap-lz4-");
@@ -398,3 +399,25 @@ describe("cli", () => {
     expect(runCli("--help").exitCode).toBe(0);
   });
 });
+
+// The conformance suite maps with 64 KiB pages: chunks of 4 KiB and 64 KiB can be written
+// (whole chunks per page); 256 KiB chunks are read-only there.
+for (const [chunkSize, writable] of [
+  [4 * KiB, true],
+  [64 * KiB, true],
+  [256 * KiB, false],
+] as const) {
+  storeConformance(`Lz4Store with ${chunkSize / KiB} KiB chunks`, async () => {
+    let lastPath = "";
+    return {
+      writable,
+      async make(data) {
+        ({ target: lastPath } = await packed(data, chunkSize));
+        return Lz4Store.open(lastPath, { writable });
+      },
+      async reopen(options) {
+        return Lz4Store.open(lastPath, options);
+      },
+    };
+  });
+}
