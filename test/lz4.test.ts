@@ -353,6 +353,160 @@ describe("fuzz", () => {
   }, 60_000);
 });
 
+/** The data after writing generation `generation` into the chunks below `chunkCount` (see the crash writer). */
+function generationData(size: number, chunkSize: number, layers: [generation: number, chunkCount: number][]): Uint8Array {
+  const bytes = mixedData(size);
+  for (const [generation, chunkCount] of layers) {
+    for (let chunkIndex = 0; chunkIndex < chunkCount; chunkIndex++) {
+      bytes.fill((generation * 16 + (chunkIndex % 16)) & 0xff, chunkIndex * chunkSize, Math.min(size, (chunkIndex + 1) * chunkSize));
+    }
+  }
+  return bytes;
+}
+
+describe("writing", () => {
+  test("four evictors write every page once, in shuffled order; every worker reads every other's appends; two generations", async () => {
+    const size = 8 * MiB + 3000;
+    const pageSize = 64 * KiB;
+    const pageCount = Math.ceil(size / pageSize);
+    const { target } = await packed(mixedData(size), 4 * KiB);
+    const store = await Lz4Store.open(target, { writable: true });
+    const region = await umap(store, { writable: true, pageSize, bufferSize: 1 * MiB, evictors: 4, fillers: 3 });
+    const wordCount = Math.floor(size / 4);
+    const words = new Uint32Array(region.bytes.buffer, region.bytes.byteOffset, wordCount);
+    const expected = mixedData(size);
+    const expectedWords = new Uint32Array(expected.buffer, 0, wordCount);
+    const next = random(0xc0ffee);
+    try {
+      for (const generation of [1, 2]) {
+        // A shuffled page order: evictions then write back pages far apart, from all evictors.
+        const order = Array.from({ length: pageCount }, (_, i) => i);
+        for (let i = order.length - 1; i > 0; i--) {
+          const j = Math.floor(next() * (i + 1));
+          [order[i], order[j]] = [order[j]!, order[i]!];
+        }
+        const writebacksBefore = region.stats().writebacks;
+        for (const page of order) {
+          const first = (page * pageSize) / 4;
+          const end = Math.min(wordCount, first + pageSize / 4);
+          for (let w = first; w < end; w++) {
+            words[w] = (Math.imul(w, 2654435761) ^ (generation << 28)) >>> 0;
+            expectedWords[w] = words[w]!;
+          }
+        }
+        // Read everything back before the flush: evicted pages come back from the appended
+        // records, through whichever filler gets them.
+        let wrong = 0;
+        for (let w = 0; w < wordCount; w++) wrong += words[w] === expectedWords[w] ? 0 : 1;
+        expect(`generation ${generation}: ${wrong} wrong words before flush`).toBe(`generation ${generation}: 0 wrong words before flush`);
+        await region.flush();
+        const stats = region.stats();
+        expect(stats.writebacks - writebacksBefore).toBe(pageCount);
+        expect(stats.writebackErrors).toBe(0);
+        expect(stats.fillErrors).toBe(0);
+        expect(stats.evictions).toBeGreaterThan(0);
+      }
+    } finally {
+      await region.close();
+      store.close();
+    }
+    const reopened = await Lz4Store.open(target);
+    const before = reopened.info();
+    const readBack = new Uint8Array(size);
+    reopened.read(0, readBack);
+    reopened.close();
+    expect(firstDifference(readBack, expected)).toBeNull();
+    // Two generations of every chunk were appended: the first (and the packed data) is superseded.
+    expect(before.supersededByteLength).toBeGreaterThan(0);
+    const { byteLengthBefore, byteLengthAfter } = await Lz4Store.compact(target);
+    expect(byteLengthBefore).toBe(before.fileByteLength);
+    expect(byteLengthAfter).toBe(before.fileByteLength - before.supersededByteLength);
+    const compacted = await Lz4Store.open(target);
+    try {
+      expect(compacted.info().supersededByteLength).toBe(0);
+      compacted.read(0, readBack);
+      expect(firstDifference(readBack, expected)).toBeNull();
+    } finally {
+      compacted.close();
+    }
+  }, 60_000);
+
+  test("a process killed after a flush leaves the flushed state; its stale lock is taken over; a torn root falls back", async () => {
+    const size = 1 * MiB + 100;
+    const chunkSize = 16 * KiB;
+    const chunkCount = Math.ceil(size / chunkSize);
+    const { target } = await packed(mixedData(size), chunkSize);
+    const writer = Bun.spawnSync([process.execPath, join(import.meta.dir, "fixtures", "lz4-crash-writer.ts"), target], { stderr: "pipe" });
+    expect(writer.signalCode).toBe("SIGKILL");
+    expect(existsSync(`${target}.lock`)).toBe(true);
+    const flushed = generationData(size, chunkSize, [[1, chunkCount]]);
+    const readBack = new Uint8Array(size);
+    const afterCrash = await Lz4Store.open(target);
+    // The unflushed generation-2 appends are still in the file, but nothing points at them.
+    expect(afterCrash.info().supersededByteLength).toBeGreaterThan(0);
+    afterCrash.read(0, readBack);
+    afterCrash.close();
+    expect(firstDifference(readBack, flushed)).toBeNull();
+
+    // Writable again: the dead writer's lock is taken over, and what it never flushed is dropped.
+    const sizeWithLeftovers = statSync(target).size;
+    const store = await Lz4Store.open(target, { writable: true });
+    expect(statSync(target).size).toBeLessThan(sizeWithLeftovers);
+    const chunk = new Uint8Array(chunkSize).fill(0x3c);
+    store.write(2 * chunkSize, chunk);
+    store.read(0, readBack);
+    const expected = flushed.slice();
+    expected.fill(0x3c, 2 * chunkSize, 3 * chunkSize);
+    expect(firstDifference(readBack, expected)).toBeNull();
+    store.close();
+    expect(existsSync(`${target}.lock`)).toBe(false);
+
+    // A root slot torn by a crash mid-write fails its check: the other slot (one flush older) wins.
+    const bytes = new Uint8Array(readFileSync(target));
+    const roots = ROOT_SLOT_OFFSETS.map((at) => decodeRootSlot(bytes.subarray(at, at + 32)));
+    const newest = roots[0]!.sequence > roots[1]!.sequence ? 0 : 1;
+    bytes[ROOT_SLOT_OFFSETS[newest] + 5]! ^= 0xff;
+    writeFileSync(target, bytes);
+    const fallenBack = await Lz4Store.open(target);
+    fallenBack.read(0, readBack);
+    fallenBack.close();
+    expect(firstDifference(readBack, flushed)).toBeNull();
+  }, 30_000);
+
+  test("one writer at a time; writes must cover whole chunks; a read-only store refuses writable regions", async () => {
+    const { target } = await packed(mixedData(512 * KiB), 64 * KiB);
+    const store = await Lz4Store.open(target, { writable: true });
+    try {
+      const second = await rejection(Lz4Store.open(target, { writable: true }));
+      expect(second.code).toBe(ErrorCode.STORE);
+      expect(second.message).toContain(`open for writing by process ${process.pid} (this one)`);
+      const partial = thrown(() => store.write(4 * KiB, new Uint8Array(64 * KiB)));
+      expect(partial.code).toBe(ErrorCode.UNSUPPORTED);
+      expect(partial.message).toContain("whole chunks of 65536 bytes");
+      expect(thrown(() => store.write(0, new Uint8Array(4 * KiB))).code).toBe(ErrorCode.UNSUPPORTED);
+      // Readers opened meanwhile see the last flushed state.
+      store.write(0, new Uint8Array(64 * KiB).fill(9));
+      const reader = await Lz4Store.open(target);
+      const first = new Uint8Array(4);
+      reader.read(0, first);
+      expect([...first]).toEqual([...mixedData(4)]);
+      reader.close();
+      const readOnly = await Lz4Store.open(target);
+      expect(thrown(() => readOnly.write(0, new Uint8Array(64 * KiB))).code).toBe(ErrorCode.UNSUPPORTED);
+      const refused = await rejection(umap(readOnly, { writable: true }));
+      expect(refused.code).toBe(ErrorCode.UNSUPPORTED);
+      readOnly.close();
+    } finally {
+      store.close();
+    }
+    const after = await Lz4Store.open(target);
+    const first = new Uint8Array(4);
+    after.read(0, first);
+    expect([...first]).toEqual([9, 9, 9, 9]);
+    after.close();
+  });
+});
+
 describe("cli", () => {
   test("pack, info, verify, unpack and compact; a damaged file fails verify naming its chunk", async () => {
     const source = tempPath("cli.bin");
