@@ -4,7 +4,7 @@
  * flush, and the CLI does what its usage says.
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { copyFileSync, existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { appendFileSync, copyFileSync, existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ErrorCode, Lz4Store, umap, UmapError } from "../src/index.ts";
 import { MemoryRange } from "../stores/lib/byte-range.ts";
@@ -472,6 +472,29 @@ describe("writing", () => {
     fallenBack.close();
     expect(firstDifference(readBack, flushed)).toBeNull();
   }, 30_000);
+
+  test("garbage appended during a writing session is reported as corrupt at the next read, never skipped", async () => {
+    const { target } = await packed(mixedData(256 * KiB), 64 * KiB);
+    const store = await Lz4Store.open(target, { writable: true });
+    try {
+      const end = statSync(target).size;
+      appendFileSync(target, new Uint8Array(40).fill(0x5a));
+      const error = thrown(() => store.read(0, new Uint8Array(16)));
+      expect(error.code).toBe(ErrorCode.CORRUPT);
+      expect(error.message).toContain(`no record header at byte ${end}`);
+      expect(error.message).toContain(target);
+    } finally {
+      // Closing flushes, which scans too: it refuses the same way, and the descriptors are released.
+      expect(thrown(() => store.close()).code).toBe(ErrorCode.CORRUPT);
+    }
+    expect(existsSync(`${target}.lock`)).toBe(false);
+    // The last flushed state is intact: reopening for writing drops the garbage.
+    const again = await Lz4Store.open(target, { writable: true });
+    const bytes = new Uint8Array(256 * KiB);
+    again.read(0, bytes);
+    again.close();
+    expect(firstDifference(bytes, mixedData(256 * KiB))).toBeNull();
+  });
 
   test("one writer at a time; writes must cover whole chunks; a read-only store refuses writable regions", async () => {
     const { target } = await packed(mixedData(512 * KiB), 64 * KiB);
