@@ -334,6 +334,7 @@ export default class Lz4Store implements Store {
       );
     }
     if (end > header.uncompressedSize) invalidArgument(`${this.label}: write of [${byteOffset}, ${end}) is past its end`);
+    if (source.length === 0) return;
     const records: Uint8Array[] = [];
     for (let at = 0; at < source.length; at += header.chunkSize) {
       records.push(encodeChunkRecord(header, (byteOffset + at) / header.chunkSize, source.subarray(at, at + header.chunkSize)));
@@ -551,13 +552,18 @@ export default class Lz4Store implements Store {
         spanLast++;
         spanEnd += RECORD_HEADER_BYTES + index.storedByteLengths[spanLast]!;
       }
-      if (this.#scratch.length < spanEnd - spanStart) this.#scratch = new Uint8Array(Math.max(spanEnd - spanStart, 2 * this.#scratch.length));
-      const span = this.#scratch.subarray(0, spanEnd - spanStart);
+      // A local file is read synchronously into the reused scratch buffer; a range that may
+      // answer later gets a buffer of its own, so no other read can reuse it meanwhile.
+      let span: Uint8Array;
+      if (this.#file) {
+        if (this.#scratch.length < spanEnd - spanStart) this.#scratch = new Uint8Array(Math.max(spanEnd - spanStart, 2 * this.#scratch.length));
+        span = this.#scratch.subarray(0, spanEnd - spanStart);
+      } else {
+        span = new Uint8Array(spanEnd - spanStart);
+      }
       const first = chunkIndex;
       const pending = this.#range!.read(spanStart, span);
       if (pending) {
-        // An asynchronous backend: the scratch buffer may be reused by then, so decode before
-        // starting the next read.
         return pending.then(() => {
           this.#decodeSpan(first, spanLast, spanStart, span, byteOffset, target);
           return this.#readFrom(spanLast + 1, byteOffset, target);
@@ -579,7 +585,7 @@ export default class Lz4Store implements Store {
       // Keep a chunk the read did not use whole: the next read likely wants the rest.
       if (chunkStart < byteOffset || chunkStart + bytes.length > byteOffset + target.length) {
         this.#cachedChunkIndex = chunkIndex;
-        this.#cachedChunk = bytes.buffer === this.#scratch.buffer ? bytes.slice() : bytes;
+        this.#cachedChunk = bytes.buffer === span.buffer ? bytes.slice() : bytes;
       }
     }
   }

@@ -195,6 +195,19 @@ describe("pack and read", () => {
     60_000,
   );
 
+  test("a mapping that reaches a corrupt chunk dies with SIGBUS naming the chunk, before any digest is printed", async () => {
+    const { target } = await packed(mixedData(1 * MiB), 64 * KiB);
+    const bytes = readFileSync(target);
+    bytes[bytes.length >> 1]! ^= 0x01;
+    writeFileSync(target, bytes);
+    const child = Bun.spawnSync([process.execPath, join(import.meta.dir, "fixtures", "lz4-map-hash.ts"), target], { stdout: "pipe", stderr: "pipe" });
+    expect(child.signalCode).toBe("SIGBUS");
+    expect(child.stdout.toString()).not.toContain("sha256");
+    const stderr = child.stderr.toString();
+    expect(stderr).toContain(`cannot fill Lz4Store ${target}`);
+    expect(stderr).toMatch(/ERR_UMAP_CORRUPT: .*: chunk \d+ \(bytes \[\d+, \d+\), record at byte \d+\) fails (its checksum|to decompress)/);
+  }, 30_000);
+
   test("an empty file packs and reports itself; umap() refuses to map it", async () => {
     const { target } = await packed(new Uint8Array(0));
     const store = await Lz4Store.open(target);
