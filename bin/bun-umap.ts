@@ -95,7 +95,7 @@ async function main(): Promise<number> {
       const [path] = operands(rest, ["FILE"]);
       const store = await Lz4Store.open(path!);
       try {
-        const { chunkCount, badChunks } = store.verify();
+        const { chunkCount, badChunks } = await store.verify();
         for (const bad of badChunks) process.stdout.write(`bad chunk ${bad.chunkIndex}: ${bad.message}\n`);
         process.stdout.write(
           badChunks.length === 0

@@ -159,7 +159,7 @@ export default class Lz4Store implements Store {
     const path = localPath("Lz4Store.open", location, options.s3);
     const store = new Lz4Store({ path, writable: options.writable === true });
     store.#owner = true;
-    store.#load();
+    await store.#load();
     return store;
   }
 
@@ -168,11 +168,16 @@ export default class Lz4Store implements Store {
    * as S3 that implements ByteRange). Such a store can be read and verified on this thread; it
    * cannot back a region, whose workers need a location to open.
    */
-  static openRange(range: ByteRange): Lz4Store {
+  static async openRange(range: ByteRange): Promise<Lz4Store> {
     const store = new Lz4Store({ path: range.label });
     store.#owner = true;
     store.#range = range;
-    store.#loadFrom(range);
+    try {
+      await store.#loadFrom(range);
+    } catch (error) {
+      store.close();
+      throw error;
+    }
     return store;
   }
 
@@ -252,16 +257,16 @@ export default class Lz4Store implements Store {
     const lockPath = takeLock(path);
     try {
       const store = new Lz4Store({ path });
-      store.#load();
+      await store.#load();
       try {
         const header = store.#header!;
         const byteLengthBefore = store.#file!.size;
         let byteLengthAfter = 0;
-        await writeNewFile(path, (out) => {
+        await writeNewFile(path, async (out) => {
           out.append(encodeFileHeader(header.chunkSize, header.uncompressedSize));
           const index = new ChunkIndex(header.chunkCount);
           for (let chunkIndex = 0; chunkIndex < header.chunkCount; chunkIndex++) {
-            const { record } = store.#loadChunk(chunkIndex);
+            const { record } = await store.#loadChunk(chunkIndex);
             index.set(chunkIndex, out.position, decodeRecordHeader(record, out.position, path));
             out.append(record);
           }
@@ -282,8 +287,8 @@ export default class Lz4Store implements Store {
   }
 
   /** Worker instances read the file here (the store hook umap's workers await). */
-  open(): void {
-    if (!this.#header) this.#load();
+  async open(): Promise<void> {
+    if (!this.#header) await this.#load();
   }
 
   get size(): number {
@@ -377,12 +382,12 @@ export default class Lz4Store implements Store {
   }
 
   /** Checks every chunk (reads, decompresses and hashes it); names each one that fails. */
-  verify(): Lz4Verification {
+  async verify(): Promise<Lz4Verification> {
     const header = this.#loaded();
     const badChunks: Lz4Verification["badChunks"] = [];
     for (let chunkIndex = 0; chunkIndex < header.chunkCount; chunkIndex++) {
       try {
-        this.#loadChunk(chunkIndex);
+        await this.#loadChunk(chunkIndex);
       } catch (error) {
         if (!(error instanceof UmapError)) throw error;
         badChunks.push({ chunkIndex, message: error.message });
@@ -431,17 +436,17 @@ export default class Lz4Store implements Store {
 
   #loaded(): FileHeader {
     if (this.#closed) throw new UmapError(ErrorCode.CLOSED, `${this.label} is closed`);
-    if (!this.#header) this.#load();
-    return this.#header!;
+    if (!this.#header) invalidArgument(`${this.label} is not open: use Lz4Store.open(location)`);
+    return this.#header;
   }
 
   /** Reads and checks header, root and index; a writable owner also takes the lock and truncates. */
-  #load(): void {
+  async #load(): Promise<void> {
     if (this.writable && this.#owner) this.#lockPath = takeLock(this.path);
     try {
       this.#file = new LocalFileRange(this.path);
       this.#range = this.#file;
-      this.#loadFrom(this.#range);
+      await this.#loadFrom(this.#range);
       if (!this.writable) return;
       if (this.#owner) {
         // What the last flush did not cover was never promised to anyone: drop it, so this
@@ -461,15 +466,15 @@ export default class Lz4Store implements Store {
     }
   }
 
-  #loadFrom(range: ByteRange): void {
+  async #loadFrom(range: ByteRange): Promise<void> {
     const label = this.label;
     const fileSize = range.size;
     const headerBytes = new Uint8Array(Math.min(FILE_HEADER_BYTES, fileSize));
-    readSyncRange(range, 0, headerBytes);
+    await range.read(0, headerBytes);
     const header = decodeFileHeader(headerBytes, fileSize, label);
     const { root, slotIndex } = chooseRoot(headerBytes, fileSize, label);
     const recordBytes = new Uint8Array(RECORD_HEADER_BYTES);
-    readSyncRange(range, root.indexOffset, recordBytes);
+    await range.read(root.indexOffset, recordBytes);
     const record = decodeRecordHeader(recordBytes, root.indexOffset, label);
     if (record.kind !== RecordKind.INDEX) throw corrupt(label, `the root points at byte ${root.indexOffset}, which is not an index record`);
     if (root.indexOffset + RECORD_HEADER_BYTES + record.storedByteLength !== root.dataEnd) {
@@ -479,7 +484,7 @@ export default class Lz4Store implements Store {
       throw corrupt(label, `the index has ${record.storedByteLength} bytes, but ${header.chunkCount} chunks need ${header.chunkCount * INDEX_ENTRY_BYTES}`);
     }
     const payload = new Uint8Array(record.storedByteLength);
-    readSyncRange(range, root.indexOffset + RECORD_HEADER_BYTES, payload);
+    await range.read(root.indexOffset + RECORD_HEADER_BYTES, payload);
     if (hash64(payload) !== record.contentHash) throw corrupt(label, `the index at byte ${root.indexOffset} fails its checksum`);
     this.#index = decodeIndex(header, payload, root.dataEnd, label);
     this.#header = header;
@@ -635,10 +640,10 @@ export default class Lz4Store implements Store {
   }
 
   /** A chunk's record (header and payload) and its checked uncompressed bytes. */
-  #loadChunk(chunkIndex: number): { record: Uint8Array; bytes: Uint8Array } {
+  async #loadChunk(chunkIndex: number): Promise<{ record: Uint8Array; bytes: Uint8Array }> {
     const index = this.#index!;
     const record = new Uint8Array(RECORD_HEADER_BYTES + index.storedByteLengths[chunkIndex]!);
-    readSyncRange(this.#range!, index.recordOffsets[chunkIndex]!, record);
+    await this.#range!.read(index.recordOffsets[chunkIndex]!, record);
     return { record, bytes: this.#decodeChunk(chunkIndex, record) };
   }
 
@@ -672,12 +677,6 @@ function encodeChunkRecord(header: FileHeader, chunkIndex: number, bytes: Uint8A
   record.set(payload, RECORD_HEADER_BYTES);
   if (bytes.length !== chunkByteLength(header, chunkIndex)) throw new UmapError(ErrorCode.INTERNAL, `chunk ${chunkIndex} has ${bytes.length} bytes`);
   return record;
-}
-
-function readSyncRange(range: ByteRange, byteOffset: number, target: Uint8Array): void {
-  if (range.read(byteOffset, target)) {
-    throw new UmapError(ErrorCode.UNSUPPORTED, `${range.label}: this operation needs a synchronous byte range`);
-  }
 }
 
 /** Accepts only plain-object options with known keys, naming anything else. */
@@ -756,7 +755,7 @@ interface NewFile {
 }
 
 /** Writes a file under a temporary name beside `path`, fsyncs it and renames it into place. */
-async function writeNewFile(path: string, produce: (out: NewFile) => void): Promise<void> {
+async function writeNewFile(path: string, produce: (out: NewFile) => void | Promise<void>): Promise<void> {
   try {
     if (statSync(path).isDirectory()) invalidArgument(`${path} is a directory`);
   } catch (error) {
@@ -787,7 +786,7 @@ async function writeNewFile(path: string, produce: (out: NewFile) => void): Prom
     },
   };
   try {
-    produce(out);
+    await produce(out);
     fsyncSync(fd);
     closeSync(fd);
     fd = -1;

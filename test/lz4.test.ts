@@ -7,7 +7,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { appendFileSync, copyFileSync, existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ErrorCode, Lz4Store, umap, UmapError } from "../src/index.ts";
-import { MemoryRange } from "../stores/lib/byte-range.ts";
+import { MemoryRange, type ByteRange } from "../stores/lib/byte-range.ts";
 import { FILE_HEADER_BYTES, ROOT_SLOT_OFFSETS, decodeRootSlot, encodeRootSlot, hash64 } from "../stores/lib/lz4-format.ts";
 import { storeConformance } from "./conformance.ts";
 import { checkPattern, fillPattern, KiB, MiB, random, tempDir } from "./helpers.ts";
@@ -107,7 +107,7 @@ describe("pack and read", () => {
           `${byteOffset}+${byteLength}: null`,
         );
       }
-      expect(store.verify()).toEqual({ chunkCount: info.chunkCount, badChunks: [] });
+      expect(await store.verify()).toEqual({ chunkCount: info.chunkCount, badChunks: [] });
     } finally {
       store.close();
     }
@@ -165,7 +165,7 @@ describe("pack and read", () => {
       writeFileSync(bad, bytes);
       const damaged = await Lz4Store.open(bad);
       try {
-        const { badChunks } = damaged.verify();
+        const { badChunks } = await damaged.verify();
         expect(badChunks.length).toBe(1);
         const { chunkIndex, message } = badChunks[0]!;
         expect(message).toContain(bad);
@@ -217,6 +217,27 @@ describe("pack and read", () => {
     expect(error.code).toBe(ErrorCode.INVALID_ARGUMENT);
     store.close();
   });
+});
+
+test("over an asynchronous range, reads of many spans resolve with the right bytes", async () => {
+  const data = mixedData(2 * MiB + 333);
+  const { target } = await packed(data, 16 * KiB);
+  const store = await Lz4Store.openRange(asyncRange(new MemoryRange(new Uint8Array(readFileSync(target)), "memory:async")));
+  try {
+    const next = random(77);
+    for (let i = 0; i < 50; i++) {
+      const byteOffset = Math.floor(next() * data.length);
+      const part = new Uint8Array(Math.min(data.length - byteOffset, 1 + Math.floor(next() * 5 * MiB)));
+      const pending = store.read(byteOffset, part);
+      expect(pending).toBeInstanceOf(Promise);
+      await pending;
+      expect(firstDifference(part, data.subarray(byteOffset, byteOffset + part.length))).toBeNull();
+    }
+    expect((await store.verify()).badChunks).toEqual([]);
+    expect(thrown(() => store.describe()).code).toBe(ErrorCode.UNSUPPORTED);
+  } finally {
+    store.close();
+  }
 });
 
 describe("arguments", () => {
@@ -311,9 +332,19 @@ describe("corruption at open", () => {
   });
 });
 
+/** A range whose reads answer on a later turn of the event loop. */
+function asyncRange(range: MemoryRange): ByteRange {
+  return {
+    size: range.size,
+    label: range.label,
+    read: (byteOffset, target) => Bun.sleep(0).then(() => range.read(byteOffset, target)),
+  };
+}
+
 describe("fuzz", () => {
-  test("2000 random mutations and truncations never crash, hang or return wrong bytes", async () => {
+  test("5000 random mutations and truncations never crash, hang or return wrong bytes", async () => {
     const seed = 0x5eed1234;
+    const ITERATIONS = 5000;
     process.stderr.write(`lz4 fuzz seed 0x${seed.toString(16)}\n`);
     const data = mixedData(96 * KiB + 1000);
     const { target } = await packed(data, 4 * KiB);
@@ -321,7 +352,7 @@ describe("fuzz", () => {
     const next = random(seed);
     const outcomes = { openFailed: 0, readFailed: 0, intact: 0 };
     const readBack = new Uint8Array(data.length);
-    for (let iteration = 0; iteration < 2000; iteration++) {
+    for (let iteration = 0; iteration < ITERATIONS; iteration++) {
       let bytes = good.slice();
       const mutation = iteration % 4;
       if (mutation === 0) {
@@ -340,7 +371,9 @@ describe("fuzz", () => {
       }
       let store: Lz4Store;
       try {
-        store = Lz4Store.openRange(new MemoryRange(bytes, `memory:fuzz-${iteration}`));
+        // Every other iteration answers reads asynchronously, as a remote backend would.
+        const range = new MemoryRange(bytes, `memory:fuzz-${iteration}`);
+        store = await Lz4Store.openRange(iteration % 2 === 0 ? range : asyncRange(range));
       } catch (error) {
         if (!(error instanceof UmapError) || error.code !== ErrorCode.CORRUPT) throw new Error(`iteration ${iteration} (seed ${seed}): open threw ${String(error)}`);
         outcomes.openFailed++;
@@ -349,7 +382,7 @@ describe("fuzz", () => {
       try {
         expect(store.size).toBe(data.length);
         readBack.fill(0xee);
-        store.read(0, readBack);
+        await store.read(0, readBack);
         const difference = firstDifference(readBack, data);
         if (difference) throw new Error(`iteration ${iteration} (seed ${seed}): wrong bytes served silently: ${difference}`);
         outcomes.intact++;
@@ -362,7 +395,7 @@ describe("fuzz", () => {
     expect(outcomes.openFailed).toBeGreaterThan(100);
     expect(outcomes.readFailed).toBeGreaterThan(100);
     expect(outcomes.intact).toBeGreaterThan(0);
-    expect(outcomes.openFailed + outcomes.readFailed + outcomes.intact).toBe(2000);
+    expect(outcomes.openFailed + outcomes.readFailed + outcomes.intact).toBe(ITERATIONS);
   }, 60_000);
 });
 
