@@ -12,8 +12,10 @@
  *  - Every instance of the writing session learns the other instances' appends by scanning the
  *    records after the point where the session began (`sessionStart`), before each read. A
  *    fill after a write-back therefore sees it, whichever worker wrote it. The engine keeps at
- *    most one write-back of a page in flight, and a write covers whole chunks, so the file
- *    order of two records for one chunk is the order they were written.
+ *    most one write-back of a page in flight, so when pages cover whole chunks the file order
+ *    of two records for one chunk is the order they were written. A page smaller than a chunk
+ *    is a read-modify-write of the chunk, done under that chunk's lock file
+ *    (`<file>.lock.chunk-N`) after a scan, so it starts from the latest record of the chunk.
  *  - Only the instance Lz4Store.open() returned (the owner; the region's main-thread store)
  *    rewrites the index: flush() appends an index record holding every chunk's latest record,
  *    fsyncs, then rewrites the older of the two root slots in the header and fsyncs again. A
@@ -21,8 +23,8 @@
  *    flushed state. Reopening for writing truncates what the last flush did not cover.
  *  - One writer at a time: the owner holds `<file>.lock` (its pid) while open for writing.
  */
-import { closeSync, fsyncSync, ftruncateSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync, writeSync, constants as fs } from "node:fs";
-import { dirname, resolve } from "node:path";
+import { closeSync, fsyncSync, ftruncateSync, openSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync, writeSync, constants as fs } from "node:fs";
+import { basename, dirname, join, resolve } from "node:path";
 import { compressSync, uncompressSync } from "lz4-napi";
 import { ErrorCode, UmapError, describeError, describeValue, invalidArgument } from "../src/errors.ts";
 import type { Store, StoreDescriptor } from "../src/store.ts";
@@ -101,6 +103,13 @@ interface Lz4Config {
   /** Byte offset where the writing session's appends began (writable instances). */
   sessionStart?: number;
 }
+
+/** `<file>.lock.chunk-N` guards the read-modify-write of chunk N. */
+const CHUNK_LOCK_INFIX = ".lock.chunk-";
+/** A chunk lock held longer than this is reported rather than waited for. */
+const CHUNK_LOCK_TIMEOUT_MS = 10_000;
+/** Lets a thread sleep between looks at a busy chunk lock (Atomics.wait on a cell no one wakes). */
+const sleepCell = new Int32Array(new SharedArrayBuffer(4));
 
 /** Reads of several chunk records at once are capped at this many bytes (one record may exceed it). */
 const SPAN_BYTES_MAX = 4 * 1024 * 1024;
@@ -323,30 +332,58 @@ export default class Lz4Store implements Store {
   }
 
   /**
-   * Recompresses and appends whole chunks. A write must start on a chunk boundary and cover
-   * whole chunks (or end at the end of the data): a partial chunk would need a read-modify-write
-   * that two workers could interleave, so the region's pageSize must be a multiple of chunkSize.
+   * Recompresses and appends the chunks the write covers. A chunk covered whole is simply
+   * encoded. A chunk covered in part (a region whose pageSize is smaller than chunkSize) is a
+   * read-modify-write, which two evictors writing different pages of one chunk could
+   * interleave and so lose one page: it runs under that chunk's lock file, and re-reads the
+   * chunk's latest record (any worker's) under the lock.
    */
   write(byteOffset: number, source: Uint8Array): void {
     const header = this.#loaded();
     if (!this.writable || this.#appendFd < 0) throw new UmapError(ErrorCode.UNSUPPORTED, `${this.label}: opened read-only`);
     const end = byteOffset + source.length;
-    if (byteOffset % header.chunkSize !== 0 || (source.length % header.chunkSize !== 0 && end !== header.uncompressedSize)) {
-      throw new UmapError(
-        ErrorCode.UNSUPPORTED,
-        `${this.label}: a write of [${byteOffset}, ${end}) does not cover whole chunks of ${header.chunkSize} bytes: ` +
-          `map it with a pageSize that is a multiple of ${header.chunkSize}, or pack it with a smaller chunkSize`,
-      );
+    if (!Number.isSafeInteger(byteOffset) || byteOffset < 0 || end > header.uncompressedSize) {
+      invalidArgument(`${this.label}: write of [${byteOffset}, ${end}) is outside its ${header.uncompressedSize} bytes`);
     }
-    if (end > header.uncompressedSize) invalidArgument(`${this.label}: write of [${byteOffset}, ${end}) is past its end`);
     if (source.length === 0) return;
+    const firstChunk = Math.floor(byteOffset / header.chunkSize);
+    const lastChunk = Math.floor((end - 1) / header.chunkSize);
     const records: Uint8Array[] = [];
-    for (let at = 0; at < source.length; at += header.chunkSize) {
-      records.push(encodeChunkRecord(header, (byteOffset + at) / header.chunkSize, source.subarray(at, at + header.chunkSize)));
+    for (let chunkIndex = firstChunk; chunkIndex <= lastChunk; chunkIndex++) {
+      const chunkStart = chunkIndex * header.chunkSize;
+      const chunkEnd = chunkStart + chunkByteLength(header, chunkIndex);
+      if (byteOffset <= chunkStart && end >= chunkEnd) {
+        records.push(encodeChunkRecord(header, chunkIndex, source.subarray(chunkStart - byteOffset, chunkEnd - byteOffset)));
+      } else {
+        this.#writePartChunk(chunkIndex, byteOffset, source);
+      }
     }
-    this.#append(records.length === 1 ? records[0]! : Buffer.concat(records));
+    if (records.length > 0) this.#append(records.length === 1 ? records[0]! : Buffer.concat(records));
     // Our own records are found by the scan like anyone else's: it keeps file order.
     this.#catchUp();
+  }
+
+  /** Read-modify-write of one chunk under its lock file (see write()). */
+  #writePartChunk(chunkIndex: number, byteOffset: number, source: Uint8Array): void {
+    const header = this.#header!;
+    const lockPath = `${this.path}${CHUNK_LOCK_INFIX}${chunkIndex}`;
+    lockChunk(lockPath, this.label, chunkIndex);
+    try {
+      // Under the lock: every earlier write of this chunk, by any worker, is in the file.
+      this.#catchUp();
+      const index = this.#index!;
+      const record = new Uint8Array(RECORD_HEADER_BYTES + index.storedByteLengths[chunkIndex]!);
+      this.#file!.read(index.recordOffsets[chunkIndex]!, record);
+      const bytes = this.#decodeChunk(chunkIndex, record).slice();
+      const chunkStart = chunkIndex * header.chunkSize;
+      const from = Math.max(chunkStart, byteOffset);
+      const to = Math.min(chunkStart + bytes.length, byteOffset + source.length);
+      bytes.set(source.subarray(from - byteOffset, to - byteOffset), from - chunkStart);
+      this.#append(encodeChunkRecord(header, chunkIndex, bytes));
+      this.#catchUp();
+    } finally {
+      unlinkSync(lockPath);
+    }
   }
 
   /**
@@ -451,6 +488,7 @@ export default class Lz4Store implements Store {
       if (this.#owner) {
         // What the last flush did not cover was never promised to anyone: drop it, so this
         // session's scan starts from a clean end.
+        removeStaleChunkLocks(this.path);
         this.#rootFd = openSync(this.path, fs.O_WRONLY);
         if (this.#file.size > this.#root!.dataEnd) ftruncateSync(this.#rootFd, this.#root!.dataEnd);
         this.#file.refreshSize();
@@ -654,6 +692,33 @@ export default class Lz4Store implements Store {
 }
 
 export { Lz4Store };
+
+/** Takes a chunk's lock file, waiting (with a growing pause, up to a timeout) while another worker holds it. */
+function lockChunk(lockPath: string, label: string, chunkIndex: number): void {
+  const deadline = Date.now() + CHUNK_LOCK_TIMEOUT_MS;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      closeSync(openSync(lockPath, fs.O_WRONLY | fs.O_CREAT | fs.O_EXCL, 0o644));
+      return;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST") {
+        throw new UmapError(ErrorCode.STORE, `${label}: cannot create the lock ${lockPath} of chunk ${chunkIndex}: ${describeError(error)}`, { cause: error });
+      }
+    }
+    if (Date.now() > deadline) {
+      throw new UmapError(ErrorCode.STORE, `${label}: chunk ${chunkIndex} stayed locked for ${CHUNK_LOCK_TIMEOUT_MS} ms (${lockPath})`);
+    }
+    Atomics.wait(sleepCell, 0, 0, Math.min(1, 0.02 * 2 ** attempt));
+  }
+}
+
+/** Removes chunk locks a crashed writer left behind; only the holder of the file's lock may. */
+function removeStaleChunkLocks(path: string): void {
+  const prefix = `${basename(path)}${CHUNK_LOCK_INFIX}`;
+  for (const name of readdirSync(dirname(path))) {
+    if (name.startsWith(prefix) && /^\d+$/.test(name.slice(prefix.length))) unlinkSync(join(dirname(path), name));
+  }
+}
 
 function indexRecord(sequence: number, payload: Uint8Array): RecordHeader {
   return {

@@ -4,7 +4,7 @@
  * flush, and the CLI does what its usage says.
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { appendFileSync, copyFileSync, existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { appendFileSync, copyFileSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ErrorCode, Lz4Store, umap, UmapError } from "../src/index.ts";
 import { MemoryRange, type ByteRange } from "../stores/lib/byte-range.ts";
@@ -411,11 +411,13 @@ function generationData(size: number, chunkSize: number, layers: [generation: nu
 }
 
 describe("writing", () => {
-  test("four evictors write every page once, in shuffled order; every worker reads every other's appends; two generations", async () => {
+  test.each([
+    [64 * KiB, 4 * KiB],
+    [4 * KiB, 64 * KiB],
+  ])("pages of %p over chunks of %p: four evictors write every page once, shuffled; every worker reads the others' appends; two generations", async (pageSize, chunkSize) => {
     const size = 8 * MiB + 3000;
-    const pageSize = 64 * KiB;
     const pageCount = Math.ceil(size / pageSize);
-    const { target } = await packed(mixedData(size), 4 * KiB);
+    const { target } = await packed(mixedData(size), chunkSize);
     const store = await Lz4Store.open(target, { writable: true });
     const region = await umap(store, { writable: true, pageSize, bufferSize: 1 * MiB, evictors: 4, fillers: 3 });
     const wordCount = Math.floor(size / 4);
@@ -542,17 +544,22 @@ describe("writing", () => {
     expect(firstDifference(bytes, mixedData(256 * KiB))).toBeNull();
   });
 
-  test("one writer at a time; writes must cover whole chunks; a read-only store refuses writable regions", async () => {
+  test("one writer at a time; part-chunk writes merge into the chunk; a read-only store refuses writable regions", async () => {
     const { target } = await packed(mixedData(512 * KiB), 64 * KiB);
     const store = await Lz4Store.open(target, { writable: true });
     try {
       const second = await rejection(Lz4Store.open(target, { writable: true }));
       expect(second.code).toBe(ErrorCode.STORE);
       expect(second.message).toContain(`open for writing by process ${process.pid} (this one)`);
-      const partial = thrown(() => store.write(4 * KiB, new Uint8Array(64 * KiB)));
-      expect(partial.code).toBe(ErrorCode.UNSUPPORTED);
-      expect(partial.message).toContain("whole chunks of 65536 bytes");
-      expect(thrown(() => store.write(0, new Uint8Array(4 * KiB))).code).toBe(ErrorCode.UNSUPPORTED);
+      // Straddles chunks 0 and 1 (part of each) and covers none whole.
+      store.write(60 * KiB, new Uint8Array(8 * KiB).fill(7));
+      const straddle = new Uint8Array(12 * KiB);
+      store.read(58 * KiB, straddle);
+      const expectedStraddle = mixedData(70 * KiB).subarray(58 * KiB);
+      expectedStraddle.fill(7, 2 * KiB, 10 * KiB);
+      expect(firstDifference(straddle, expectedStraddle)).toBeNull();
+      expect(readdirSync(dir.path).filter((name) => name.includes(".lock.chunk-"))).toEqual([]);
+      expect(thrown(() => store.write(512 * KiB - 10, new Uint8Array(11))).code).toBe(ErrorCode.INVALID_ARGUMENT);
       // Readers opened meanwhile see the last flushed state.
       store.write(0, new Uint8Array(64 * KiB).fill(9));
       const reader = await Lz4Store.open(target);
@@ -623,12 +630,12 @@ describe("cli", () => {
   });
 });
 
-// The conformance suite maps with 64 KiB pages: chunks of 4 KiB and 64 KiB can be written
-// (whole chunks per page); 256 KiB chunks are read-only there.
+// The conformance suite maps with 64 KiB pages: chunks smaller than, equal to and larger than
+// a page (the last written by read-modify-write under chunk locks).
 for (const [chunkSize, writable] of [
   [4 * KiB, true],
   [64 * KiB, true],
-  [256 * KiB, false],
+  [256 * KiB, true],
 ] as const) {
   storeConformance(`Lz4Store with ${chunkSize / KiB} KiB chunks`, async () => {
     let lastPath = "";
