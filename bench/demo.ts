@@ -6,14 +6,16 @@
  *
  * Without a path it maps the Bun executable that `npm install` put in node_modules (~100 MB).
  * Then it copies the file into a sharded datastore (ShardedStore writes, in a temporary
- * directory), maps that read-only through the same small buffer and hashes it again.
- * Exits 1 if any digest differs.
+ * directory), maps that read-only through the same small buffer and hashes it again, and
+ * packs it with Lz4Store (bench/demo-lz4.ts), maps the packed copy, hashes it and prints the
+ * compression ratio. Exits 1 if any digest differs.
  */
 import { closeSync, mkdtempSync, openSync, readdirSync, readSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { ShardedStore, umap, UmapError, type Region } from "../src/index.ts";
+import { demoLz4 } from "./demo-lz4.ts";
 
 const MiB = 1024 * 1024;
 const CHUNK_BYTES = 4 * MiB;
@@ -180,4 +182,14 @@ try {
   process.exitCode = 2;
 } finally {
   rmSync(datastore, { recursive: true, force: true });
+}
+
+// The packed LZ4 copy: packed, mapped through the same buffer, checked against the same digest.
+try {
+  const lz4 = await demoLz4(path, { bufferSize, ...(pageSize === undefined ? {} : { pageSize }), expectedDigest: plain.digest });
+  if (!lz4.matched) process.exitCode = 1;
+} catch (error) {
+  if (!(error instanceof UmapError)) throw error;
+  console.error(`demo: ${error.code}: ${error.message}`);
+  process.exitCode = 2;
 }

@@ -6,6 +6,13 @@ export type { FillErrorMode, UmapOptions } from "./options.ts";
 export { defineStore, type Store, type StoreDescriptor, type StoreInstance } from "./store.ts";
 export { FileStore, type FileStoreOptions } from "../stores/file.ts";
 export {
+  Lz4Store,
+  type Lz4Info,
+  type Lz4OpenOptions,
+  type Lz4PackOptions,
+  type Lz4Verification,
+} from "../stores/lz4.ts";
+export {
   ShardedStore,
   type ShardedCreateOptions,
   type ShardedOpenOptions,
