@@ -11,6 +11,12 @@ import { closeStore, type StoreInstance } from "./store.ts";
 export const MAX_VIEW_BYTES = 2 ** 32;
 /** How often close(), flush() and prefetch() look again at requests still in flight. */
 const POLL_INTERVAL_MS = 1;
+/**
+ * prefetch() asks again for pages that another request was filling and left empty (it failed,
+ * or eviction took them back) at most this many times in all: past it, under heavy eviction, it
+ * resolves with every page filled at least once.
+ */
+const PREFETCH_ROUNDS_MAX = 8;
 const EAGAIN = -11;
 const ENOMEM = -12;
 const EIO = -5;
@@ -192,19 +198,27 @@ export class Region {
       );
     }
     const native = this.#engine.native;
-    let ticket: number;
-    while ((ticket = native.umap_region_prefetch(this.#slot, firstPage, pageCount)) === EAGAIN) {
-      await Bun.sleep(POLL_INTERVAL_MS);
+    for (let round = 1; ; round++) {
+      let ticket: number;
+      while ((ticket = native.umap_region_prefetch(this.#slot, firstPage, pageCount)) === EAGAIN) {
+        await Bun.sleep(POLL_INTERVAL_MS);
+      }
+      if (ticket < 0) throw engineError(ticket, `prefetch of region ${this.label}`);
+      await this.#engine.waitForTicket(ticket, `prefetch of ${this.label} at byte offset ${byteOffset}`);
+      // Pages that other requests were already filling when the prefetch began are not part of
+      // its ticket: wait for them too.
+      while (!this.closed && native.umap_region_count_state(this.#slot, firstPage, pageCount, PageState.FILLING) > 0) {
+        await Bun.sleep(POLL_INTERVAL_MS);
+      }
+      // close() began meanwhile: the pages may already be gone, so the prefetch did not do its job.
+      if (this.closed) throw new UmapError(ErrorCode.CLOSED, `region ${this.label} was closed during prefetch()`);
+      // Those other requests may have failed, which leaves their pages empty: their outcome is
+      // not this ticket's, so ask again, and a page that fails in a ticket of this prefetch
+      // rejects it. (A page evicted meanwhile is simply filled again.) Every page of this
+      // prefetch's own ticket was filled, so only the few that other requests held come back.
+      if (round >= PREFETCH_ROUNDS_MAX) return;
+      if (native.umap_region_count_state(this.#slot, firstPage, pageCount, PageState.EMPTY) === 0) return;
     }
-    if (ticket < 0) throw engineError(ticket, `prefetch of region ${this.label}`);
-    await this.#engine.waitForTicket(ticket, `prefetch of ${this.label} at byte offset ${byteOffset}`);
-    // Pages that other requests were already filling when the prefetch began are not part of
-    // its ticket: wait for them too.
-    while (!this.closed && native.umap_region_count_state(this.#slot, firstPage, pageCount, PageState.FILLING) > 0) {
-      await Bun.sleep(POLL_INTERVAL_MS);
-    }
-    // close() began meanwhile: the pages may already be gone, so the prefetch did not do its job.
-    if (this.closed) throw new UmapError(ErrorCode.CLOSED, `region ${this.label} was closed during prefetch()`);
   }
 
   /**
