@@ -23,7 +23,7 @@
  *    flushed state. Reopening for writing truncates what the last flush did not cover.
  *  - One writer at a time: the owner holds `<file>.lock` (its pid) while open for writing.
  */
-import { closeSync, fsyncSync, ftruncateSync, openSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync, writeSync, constants as fs } from "node:fs";
+import { closeSync, fstatSync, fsyncSync, ftruncateSync, openSync, readdirSync, readSync, renameSync, statSync, unlinkSync, writeFileSync, writeSync, constants as fs } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import { compressSync, uncompressSync } from "lz4-napi";
 import { ErrorCode, UmapError, describeError, describeValue, invalidArgument } from "../src/errors.ts";
@@ -489,11 +489,11 @@ export default class Lz4Store implements Store {
         // What the last flush did not cover was never promised to anyone: drop it, so this
         // session's scan starts from a clean end.
         removeStaleChunkLocks(this.path);
-        this.#rootFd = openSync(this.path, fs.O_WRONLY);
+        this.#rootFd = openSameFile(this.#file, fs.O_WRONLY, this.label);
         if (this.#file.size > this.#root!.dataEnd) ftruncateSync(this.#rootFd, this.#root!.dataEnd);
         this.#file.refreshSize();
       }
-      this.#appendFd = openSync(this.path, fs.O_WRONLY | fs.O_APPEND);
+      this.#appendFd = openSameFile(this.#file, fs.O_WRONLY | fs.O_APPEND, this.label);
       this.#sessionStart ??= this.#root!.dataEnd;
       this.#scanPosition = this.#sessionStart;
       this.#catchUp();
@@ -779,7 +779,7 @@ function takeLock(path: string): string {
         throw new UmapError(ErrorCode.STORE, `${path}: cannot create its lock file ${lockPath}: ${describeError(error)}`, { cause: error });
       }
     }
-    const holder = Number.parseInt(readFileText(lockPath), 10);
+    const holder = Number.parseInt(readLockText(path, lockPath), 10);
     if (Number.isSafeInteger(holder) && holder > 0 && processAlive(holder)) {
       throw new UmapError(
         ErrorCode.STORE,
@@ -796,11 +796,50 @@ function takeLock(path: string): string {
   throw new UmapError(ErrorCode.STORE, `${path}: another writer keeps taking its lock file ${lockPath}`);
 }
 
-function readFileText(path: string): string {
+/**
+ * Opens the file `file` has open once more, for writing. The path is opened again, so it is
+ * checked to still name that file: a FIFO or another file put in its place meanwhile (a
+ * compaction renamed over it) would otherwise block the open or take writes meant for the first.
+ */
+function openSameFile(file: LocalFileRange, flags: number, label: string): number {
+  let fd: number;
   try {
-    return readFileSync(path, "utf8");
-  } catch {
-    return "";
+    fd = openSync(file.path, flags | fs.O_NONBLOCK);
+  } catch (error) {
+    throw new UmapError(ErrorCode.STORE, `${label}: cannot open ${file.path} for writing: ${describeError(error)}`, { cause: error });
+  }
+  const opened = fstatSync(fd);
+  const first = fstatSync(file.fd);
+  if (opened.dev !== first.dev || opened.ino !== first.ino) {
+    closeSync(fd);
+    throw new UmapError(ErrorCode.STORE, `${label}: ${file.path} was replaced by another file while it was being opened`);
+  }
+  return fd;
+}
+
+/** Bytes of a lock file read at most: it holds a pid. */
+const LOCK_TEXT_BYTES_MAX = 64;
+
+/**
+ * The text of an existing lock file, "" if it vanished. Something else in the lock's place (a
+ * FIFO, a link to a device) is an error: reading it could block forever or never end.
+ */
+function readLockText(path: string, lockPath: string): string {
+  let fd: number;
+  try {
+    fd = openSync(lockPath, fs.O_RDONLY | fs.O_NOFOLLOW | fs.O_NONBLOCK);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === "ENOENT") return "";
+    throw new UmapError(ErrorCode.STORE, `${path}: cannot read its lock file ${lockPath}: ${describeError(error)}`, { cause: error });
+  }
+  try {
+    if (!fstatSync(fd).isFile()) throw new UmapError(ErrorCode.STORE, `${path}: its lock file ${lockPath} is not a regular file`);
+    const bytes = new Uint8Array(LOCK_TEXT_BYTES_MAX);
+    const length = readSync(fd, bytes, 0, bytes.length, 0);
+    return new TextDecoder().decode(bytes.subarray(0, length));
+  } finally {
+    closeSync(fd);
   }
 }
 

@@ -14,7 +14,7 @@
  * Every worker builds its own instance from describe(), with its own bounded set of open
  * descriptors, so shards are read and written in parallel across the workers.
  */
-import { closeSync, fsyncSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, unlinkSync, constants as fs } from "node:fs";
+import { closeSync, fstatSync, fsyncSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readSync, statSync, unlinkSync, constants as fs } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import { threadId } from "node:worker_threads";
 import { ErrorCode, UmapError, describeError, describeValue, invalidArgument } from "../src/errors.ts";
@@ -32,6 +32,8 @@ const INDEX_DIGITS = 8;
 export const MAX_SHARDS = 10 ** INDEX_DIGITS;
 /** Longest shard file name: most file systems allow 255 bytes. */
 const MAX_SHARD_NAME_BYTES = 255;
+/** Largest manifest read: a real one is about 150 bytes (unknown fields are allowed, within reason). */
+const MANIFEST_BYTES_MAX = 1024 * 1024;
 /** Descriptors each instance (one per worker) keeps open by default. */
 export const DEFAULT_MAX_OPEN_FILES = 32;
 /** The most maxOpenFiles may be: each of up to 129 instances (64 fillers, 64 evictors, main) holds that many. */
@@ -340,15 +342,38 @@ function checkedMaxOpenFiles(where: string, value: unknown): number {
 /** Reads and checks directory's manifest: each problem is an error naming the file. */
 export function readManifest(directory: string): ShardedManifest {
   const path = join(directory, MANIFEST_NAME);
-  let text: string;
+  let fd: number;
   try {
-    text = readFileSync(path, "utf8");
+    // O_NONBLOCK: a FIFO in the manifest's place must not block open() until a writer comes.
+    fd = openSync(path, fs.O_RDONLY | fs.O_NONBLOCK);
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
     if (code === "ENOENT" || code === "ENOTDIR") {
       throw new UmapError(ErrorCode.NOT_FOUND, `ShardedStore ${directory}: no datastore there (${path} is missing)`, { cause: error });
     }
+    throw storeError(`ShardedStore ${directory}: cannot open ${path}`, error);
+  }
+  let text: string;
+  try {
+    // Only a regular file of a bounded size is read: a device (/dev/zero) or a huge file would
+    // never finish or exhaust memory.
+    const stat = fstatSync(fd);
+    if (!stat.isFile()) throw new UmapError(ErrorCode.CORRUPT, `ShardedStore manifest ${path}: not a regular file`);
+    if (stat.size > MANIFEST_BYTES_MAX) {
+      throw new UmapError(ErrorCode.CORRUPT, `ShardedStore manifest ${path}: ${stat.size} bytes, over the ${MANIFEST_BYTES_MAX} a manifest may have`);
+    }
+    const bytes = new Uint8Array(stat.size);
+    let done = 0;
+    while (done < bytes.length) {
+      const got = readSync(fd, bytes, done, bytes.length - done, done);
+      if (got === 0) break;
+      done += got;
+    }
+    text = new TextDecoder().decode(bytes.subarray(0, done));
+  } catch (error) {
     throw storeError(`ShardedStore ${directory}: cannot read ${path}`, error);
+  } finally {
+    closeSync(fd);
   }
   return parseManifest(text, path);
 }

@@ -76,3 +76,105 @@ describe("prefetch", () => {
     expect(region.stats().fills).toBe(0);
   });
 });
+
+describe("something else where a file should be", () => {
+  /** A datastore of two 4 KiB shards, shard 0 written. */
+  const datastore = (): string => {
+    const path = join(caseDir(), "datastore");
+    const body = runChild(`
+      const store = await ShardedStore.create(${JSON.stringify(path)}, { size: 8192, shardSize: 4096 });
+      store.write(0, new Uint8Array(4096).fill(7));
+      store.flush();
+      store.close();
+    `);
+    expect(body.outcome).toBe("ok");
+    return path;
+  };
+
+  test("ShardedStore.open: a FIFO as manifest.json is ERR_UMAP_CORRUPT, not a wait for a writer", () => {
+    const path = caseDir();
+    mkfifo(join(path, "manifest.json"));
+    const { outcome, timedOut } = runChild(`await ShardedStore.open(${JSON.stringify(path)});`);
+    expect(timedOut).toBe(false);
+    expect(outcome).toStartWith(`code ${ErrorCode.CORRUPT}`);
+    expect(outcome).toContain("manifest.json: not a regular file");
+  });
+
+  test("ShardedStore.open: a manifest.json linked to /dev/zero is ERR_UMAP_CORRUPT, not an endless read", () => {
+    const path = caseDir();
+    symlinkSync("/dev/zero", join(path, "manifest.json"));
+    const { outcome, timedOut } = runChild(`await ShardedStore.open(${JSON.stringify(path)});`);
+    expect(timedOut).toBe(false);
+    expect(outcome).toStartWith(`code ${ErrorCode.CORRUPT}`);
+  });
+
+  test("ShardedStore.open: a manifest over 1 MiB is ERR_UMAP_CORRUPT naming its size", async () => {
+    const { ShardedStore } = await import("../src/index.ts");
+    const path = caseDir();
+    const manifest = { format: "bun-umap-sharded", version: 1, size: 8192, shardSize: 4096, shardName: "shard-{index}.bin", padding: "x".repeat(1024 * KiB) };
+    writeFileSync(join(path, "manifest.json"), JSON.stringify(manifest));
+    const error = await rejection(ShardedStore.open(path));
+    expect(error.code).toBe(ErrorCode.CORRUPT);
+    expect(error.message).toContain(`${join(path, "manifest.json")}: ${JSON.stringify(manifest).length} bytes, over the 1048576`);
+  });
+
+  test("a shard replaced by a FIFO after open(): the read fails as corrupt instead of blocking the worker", () => {
+    const path = datastore();
+    const { outcome, timedOut } = runChild(`
+      const store = await ShardedStore.open(${JSON.stringify(path)});
+      const shard = ${JSON.stringify(join(path, "shard-00000000.bin"))};
+      (await import("node:fs")).unlinkSync(shard);
+      (await import("node:child_process")).execFileSync("mkfifo", [shard]);
+      store.read(0, new Uint8Array(4096));
+    `);
+    expect(timedOut).toBe(false);
+    expect(outcome).toStartWith(`code ${ErrorCode.CORRUPT}`);
+    expect(outcome).toContain("shard-00000000.bin is not a regular file");
+  });
+
+  test("a concatenated file replaced by a FIFO: the read fails with ERR_UMAP_STORE instead of blocking", () => {
+    const path = join(caseDir(), "part.bin");
+    writeFileSync(path, new Uint8Array(4096).fill(3));
+    const { outcome, timedOut } = runChild(`
+      const store = await ShardedStore.concat([${JSON.stringify(path)}]);
+      (await import("node:fs")).unlinkSync(${JSON.stringify(path)});
+      (await import("node:child_process")).execFileSync("mkfifo", [${JSON.stringify(path)}]);
+      store.read(0, new Uint8Array(4096));
+    `);
+    expect(timedOut).toBe(false);
+    expect(outcome).toStartWith(`code ${ErrorCode.STORE}`);
+    expect(outcome).toContain("is not a regular file");
+  });
+
+  test("flush() of a datastore where a FIFO is named like a shard fails instead of blocking", () => {
+    const path = datastore();
+    const { outcome, timedOut } = runChild(`
+      const store = await ShardedStore.open(${JSON.stringify(path)}, { writable: true });
+      (await import("node:child_process")).execFileSync("mkfifo", [${JSON.stringify(join(path, "shard-00000001.bin"))}]);
+      store.flush();
+    `);
+    expect(timedOut).toBe(false);
+    expect(outcome).toStartWith(`code ${ErrorCode.STORE}`);
+    expect(outcome).toContain("shard-00000001.bin");
+  });
+
+  for (const [what, make] of [
+    ["a FIFO", (lockPath: string) => mkfifo(lockPath)],
+    ["a link to /dev/zero", (lockPath: string) => symlinkSync("/dev/zero", lockPath)],
+  ] as const) {
+    test(`Lz4Store.open({ writable: true }) with ${what} as its lock file: ERR_UMAP_STORE, not a hang`, () => {
+      const path = caseDir();
+      writeFileSync(join(path, "data.bin"), new Uint8Array(64 * KiB).fill(9));
+      const packed = join(path, "data.lz4");
+      expect(runChild(`await Lz4Store.pack(${JSON.stringify(join(path, "data.bin"))}, ${JSON.stringify(packed)});`).outcome).toBe("ok");
+      make(`${packed}.lock`);
+      for (const call of [`await Lz4Store.open(${JSON.stringify(packed)}, { writable: true });`, `await Lz4Store.compact(${JSON.stringify(packed)});`]) {
+        const { outcome, timedOut } = runChild(call);
+        expect(timedOut).toBe(false);
+        expect(outcome).toStartWith(`code ${ErrorCode.STORE}`);
+        expect(outcome).toContain(`${packed}.lock`);
+      }
+      unlinkSync(`${packed}.lock`);
+    });
+  }
+});

@@ -25,7 +25,9 @@ export class FdCache {
       throw new RangeError(`descriptor limit must be a whole number >= 1, got ${options.limit}`);
     }
     this.#limit = options.limit;
-    this.#flags = (options.writable ? fs.O_RDWR : fs.O_RDONLY) | (options.noFollow ? fs.O_NOFOLLOW : 0);
+    // O_NONBLOCK: a FIFO put where a file was expected must not block the open until a writer
+    // comes (the caller's fstat then refuses it); on regular files the flag changes nothing.
+    this.#flags = (options.writable ? fs.O_RDWR : fs.O_RDONLY) | fs.O_NONBLOCK | (options.noFollow ? fs.O_NOFOLLOW : 0);
   }
 
   /** The descriptor of path, opened if need be. Undefined if the file does not exist; other failures throw. */

@@ -112,7 +112,8 @@ export class LocalShardFiles implements ShardBackend {
     for (const path of this.#options.listPresent()) {
       directories.add(dirname(path));
       try {
-        const fd = openSync(path, fs.O_RDONLY | fs.O_NOFOLLOW);
+        // O_NONBLOCK: a FIFO named like a shard must fail here, not block the flush forever.
+        const fd = openSync(path, fs.O_RDONLY | fs.O_NOFOLLOW | fs.O_NONBLOCK);
         try {
           fsyncSync(fd);
         } finally {
