@@ -358,9 +358,9 @@ export default class Lz4Store implements Store {
         this.#writePartChunk(chunkIndex, byteOffset, source);
       }
     }
-    if (records.length > 0) this.#append(records.length === 1 ? records[0]! : Buffer.concat(records));
     // Our own records are found by the scan like anyone else's: it keeps file order.
-    this.#catchUp();
+    if (records.length > 0) this.#appendAndScan(records.length === 1 ? records[0]! : Buffer.concat(records));
+    else this.#catchUp();
   }
 
   /** Read-modify-write of one chunk under its lock file (see write()). */
@@ -379,8 +379,7 @@ export default class Lz4Store implements Store {
       const from = Math.max(chunkStart, byteOffset);
       const to = Math.min(chunkStart + bytes.length, byteOffset + source.length);
       bytes.set(source.subarray(from - byteOffset, to - byteOffset), from - chunkStart);
-      this.#append(encodeChunkRecord(header, chunkIndex, bytes));
-      this.#catchUp();
+      this.#appendAndScan(encodeChunkRecord(header, chunkIndex, bytes));
     } finally {
       unlinkSync(lockPath);
     }
@@ -399,9 +398,8 @@ export default class Lz4Store implements Store {
     const sequence = this.#root!.sequence + 1;
     const payload = this.#index!.encode();
     const record = indexRecord(sequence, payload);
-    this.#append(Buffer.concat([encodeRecordHeader(record), payload]));
     let indexOffset = -1;
-    this.#catchUp((at, found) => {
+    this.#appendAndScan(Buffer.concat([encodeRecordHeader(record), payload]), (at, found) => {
       if (found.chunkIndex === record.chunkIndex && found.contentHash === record.contentHash) indexOffset = at;
     });
     if (indexOffset < 0) throw new UmapError(ErrorCode.INTERNAL, `${this.label}: the index just appended was not found in the file`);
@@ -554,6 +552,27 @@ export default class Lz4Store implements Store {
         this.#unflushed = true;
       }
       this.#scanPosition = end;
+    }
+  }
+
+  /**
+   * Appends records, then scans up to them. Appends are serialized, so once ours is complete so
+   * is every record before it, and a scan that stops short of its end (it began at or after
+   * `sizeBefore`) has met a torn record: a short append that a full disk left in the file. The
+   * scan can never pass it, so a write after it would never be read back: say so instead of
+   * reporting success.
+   */
+  #appendAndScan(bytes: Uint8Array, onIndex?: (recordOffset: number, record: RecordHeader) => void): void {
+    const sizeBefore = this.#file!.refreshSize();
+    this.#append(bytes);
+    this.#catchUp(onIndex);
+    if (this.#scanPosition < sizeBefore + bytes.length) {
+      throw new UmapError(
+        ErrorCode.STORE,
+        `${this.label}: the record at byte ${this.#scanPosition} is torn (an append cut short, as by a full disk), so nothing appended ` +
+          `after it can be read back: this writing session cannot go on. Its last flush is intact: close the store and open it for ` +
+          `writing again, which drops everything after that flush`,
+      );
     }
   }
 

@@ -9,10 +9,11 @@
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { execFileSync } from "node:child_process";
-import { mkdirSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
+import { appendFileSync, mkdirSync, readdirSync, rmSync, statSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { defineStore, ErrorCode, umap, UmapError } from "../src/index.ts";
-import { KiB, tempDir } from "./helpers.ts";
+import { defineStore, ErrorCode, Lz4Store, umap, UmapError } from "../src/index.ts";
+import { RECORD_HEADER_BYTES, RecordKind, encodeRecordHeader, hash64 } from "../stores/lib/lz4-format.ts";
+import { KiB, random, tempDir } from "./helpers.ts";
 
 const PATTERN_STORE = new URL("./fixtures/pattern-store.ts", import.meta.url);
 const dir = tempDir();
@@ -59,6 +60,17 @@ function runChild(body: string): { outcome: string; timedOut: boolean; stderr: s
 }
 
 const mkfifo = (path: string) => execFileSync("mkfifo", [path]);
+
+/** "ok", or the code of the UmapError fn throws. */
+function failureOf(fn: () => unknown): string {
+  try {
+    fn();
+    return "ok";
+  } catch (error) {
+    expect(error).toBeInstanceOf(UmapError);
+    return (error as UmapError).code;
+  }
+}
 
 describe("prefetch", () => {
   test("a prefetch of a page that another request is filling and fails rejects too, not resolves", async () => {
@@ -177,4 +189,106 @@ describe("something else where a file should be", () => {
       unlinkSync(`${packed}.lock`);
     });
   }
+});
+
+describe("Lz4Store after a torn append (a full disk)", () => {
+  /** Incompressible bytes, so every chunk record is as long as its chunk. */
+  const noise = (byteLength: number, seed: number): Uint8Array => {
+    const next = random(seed);
+    const bytes = new Uint8Array(byteLength);
+    for (let i = 0; i < byteLength; i++) bytes[i] = Math.floor(next() * 256);
+    return bytes;
+  };
+  const packNoise = async (directory: string): Promise<{ packed: string; original: Uint8Array }> => {
+    const original = noise(64 * KiB, 7);
+    writeFileSync(join(directory, "data.bin"), original);
+    const packed = join(directory, "data.lz4");
+    await Lz4Store.pack(join(directory, "data.bin"), packed, { chunkSize: 4 * KiB });
+    rmSync(join(directory, "data.bin"));
+    return { packed, original };
+  };
+  const readAll = async (packed: string): Promise<Uint8Array> => {
+    const store = await Lz4Store.open(packed);
+    const bytes = new Uint8Array(store.size);
+    store.read(0, bytes);
+    store.close();
+    return bytes;
+  };
+
+  test("a write after a torn record fails with ERR_UMAP_STORE instead of succeeding unseen; reopening recovers the last flush", async () => {
+    // A write appended after a torn record was never found by any scan, yet write() returned:
+    // its data was lost silently, and flush() then failed as an internal error.
+    const { packed, original } = await packNoise(caseDir());
+    const store = await Lz4Store.open(packed, { writable: true });
+    // Another instance's append cut short: a record header promising 4 KiB, then 1000 bytes.
+    const chunk = noise(4 * KiB, 8);
+    const header = encodeRecordHeader({ kind: RecordKind.RAW, chunkIndex: 3, storedByteLength: chunk.length, contentHash: hash64(chunk), uncompressedByteLength: chunk.length });
+    appendFileSync(packed, Buffer.concat([header, chunk.subarray(0, 1000)]));
+    // A page that compresses to a record far shorter than the tear's missing 3 KiB, so the
+    // scan stops at the tear (a longer one would run past it into garbage: CORRUPT).
+    const page = new Uint8Array(4 * KiB).fill(0x5a);
+    let error: unknown;
+    try {
+      store.write(8 * KiB, page);
+    } catch (thrown) {
+      error = thrown;
+    }
+    expect(error).toBeInstanceOf(UmapError);
+    expect((error as UmapError).code).toBe(ErrorCode.STORE);
+    expect((error as UmapError).message).toContain("is torn");
+    // Nothing was written since the last flush, so the file keeps that state (the flush has
+    // nothing to add, or fails on the tear: either way nothing is reported written that is not).
+    try {
+      store.close();
+    } catch {
+      // Its flush fails the same way; the lock and descriptors are released regardless.
+    }
+    expect(Buffer.compare(await readAll(packed), original)).toBe(0);
+    // Opening for writing drops the torn tail, and the file takes writes again.
+    const again = await Lz4Store.open(packed, { writable: true });
+    again.write(8 * KiB, page);
+    again.close();
+    const expected = original.slice();
+    expected.set(page, 8 * KiB);
+    expect(Buffer.compare(await readAll(packed), expected)).toBe(0);
+    expect(RECORD_HEADER_BYTES).toBe(header.length);
+  });
+
+  const mountPoint = join(dir.path, "small-tmpfs");
+  let mounted = false;
+  if (process.getuid?.() === 0) {
+    mkdirSync(mountPoint);
+    mounted = Bun.spawnSync(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", mountPoint]).exitCode === 0;
+  }
+  afterAll(() => {
+    if (mounted) Bun.spawnSync(["umount", "--lazy", mountPoint]);
+  });
+  test.skipIf(!mounted)("on a full 512 KiB tmpfs (needs root to mount): writes fail loudly, never unseen; the last flush survives", async () => {
+    const { packed, original } = await packNoise(mountPoint);
+    const store = await Lz4Store.open(packed, { writable: true });
+    // Fill the file system to within a few KiB, so a 4 KiB chunk record is cut short.
+    const room = Number(Bun.spawnSync(["df", "--output=avail", "-B1", mountPoint]).stdout.toString().trim().split("\n").pop());
+    writeFileSync(join(mountPoint, "filler"), new Uint8Array(Math.max(0, room - 6 * KiB)));
+    const page = noise(4 * KiB, 9);
+    const outcomes: string[] = [];
+    for (let i = 0; i < 8; i++) outcomes.push(failureOf(() => store.write(i * 4 * KiB, page)));
+    // The first write fits, a later one is cut short, and every write after that fails: none
+    // reports success after the tear, even once there is room again.
+    const firstFailure = outcomes.indexOf(ErrorCode.STORE);
+    expect(firstFailure).toBeGreaterThan(0);
+    expect(outcomes.slice(firstFailure).every((outcome) => outcome === ErrorCode.STORE)).toBe(true);
+    rmSync(join(mountPoint, "filler"));
+    // Small records (a page that compresses well) fit inside what the tear still promises, so
+    // no scan can pass it: each used to be reported written and then never read back.
+    const small = new Uint8Array(4 * KiB).fill(0x5a);
+    for (let i = 0; i < 4; i++) expect(failureOf(() => store.write(i * 4 * KiB, small))).toBe(ErrorCode.STORE);
+    try {
+      store.close();
+    } catch {
+      // Its flush fails; the lock is released regardless.
+    }
+    expect(readdirSync(mountPoint).sort()).toEqual(["data.lz4"]);
+    expect(Buffer.compare(await readAll(packed), original)).toBe(0);
+    expect(statSync(packed).size).toBeGreaterThan(original.length);
+  });
 });
