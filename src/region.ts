@@ -12,11 +12,10 @@ export const MAX_VIEW_BYTES = 2 ** 32;
 /** How often close(), flush() and prefetch() look again at requests still in flight. */
 const POLL_INTERVAL_MS = 1;
 /**
- * prefetch() asks again for pages that another request was filling and left empty (it failed,
- * or eviction took them back) at most this many times in all: past it, under heavy eviction, it
- * resolves with every page filled at least once.
+ * prefetch() asks again, after a failed fill, for pages that another request was filling and
+ * left empty, at most this many times in all (each round's own failure rejects it).
  */
-const PREFETCH_ROUNDS_MAX = 8;
+const PREFETCH_ROUNDS_MAX = 4;
 const EAGAIN = -11;
 const ENOMEM = -12;
 const EIO = -5;
@@ -198,6 +197,7 @@ export class Region {
       );
     }
     const native = this.#engine.native;
+    const fillErrorsBefore = this.#stat("fillErrors");
     for (let round = 1; ; round++) {
       let ticket: number;
       while ((ticket = native.umap_region_prefetch(this.#slot, firstPage, pageCount)) === EAGAIN) {
@@ -214,9 +214,9 @@ export class Region {
       if (this.closed) throw new UmapError(ErrorCode.CLOSED, `region ${this.label} was closed during prefetch()`);
       // Those other requests may have failed, which leaves their pages empty: their outcome is
       // not this ticket's, so ask again, and a page that fails in a ticket of this prefetch
-      // rejects it. (A page evicted meanwhile is simply filled again.) Every page of this
-      // prefetch's own ticket was filled, so only the few that other requests held come back.
-      if (round >= PREFETCH_ROUNDS_MAX) return;
+      // rejects it. Only after a failed fill: a page that is empty because eviction took it
+      // back was filled, which is all prefetch() promises.
+      if (round >= PREFETCH_ROUNDS_MAX || this.#stat("fillErrors") === fillErrorsBefore) return;
       if (native.umap_region_count_state(this.#slot, firstPage, pageCount, PageState.EMPTY) === 0) return;
     }
   }
