@@ -12,6 +12,7 @@
  */
 import { parseArgs } from "node:util";
 import { Lz4Store, UmapError } from "../src/index.ts";
+import { CHUNK_SIZE_MAX, CHUNK_SIZE_MIN, isPowerOfTwo } from "../stores/lib/lz4-format.ts";
 
 const USAGE = `usage: bun-umap COMMAND ...
 
@@ -72,6 +73,10 @@ async function main(): Promise<number> {
     case "pack": {
       const [source, target] = operands(rest, ["SOURCE", "TARGET"]);
       const chunkSize = values["chunk-size"] === undefined ? undefined : parseSize("chunk-size", values["chunk-size"]);
+      // A size that is well formed but not one a packed file can have is bad usage too.
+      if (chunkSize !== undefined && (!isPowerOfTwo(chunkSize) || chunkSize < CHUNK_SIZE_MIN || chunkSize > CHUNK_SIZE_MAX)) {
+        usageError(`--chunk-size must be a power of two from 4k to 16m, got ${JSON.stringify(values["chunk-size"])}`);
+      }
       await Lz4Store.pack(source!, target!, chunkSize === undefined ? {} : { chunkSize });
       const store = await Lz4Store.open(target!);
       try {

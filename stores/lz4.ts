@@ -23,7 +23,7 @@
  *    flushed state. Reopening for writing truncates what the last flush did not cover.
  *  - One writer at a time: the owner holds `<file>.lock` (its pid) while open for writing.
  */
-import { closeSync, fstatSync, fsyncSync, ftruncateSync, openSync, readdirSync, readSync, renameSync, statSync, unlinkSync, writeFileSync, writeSync, constants as fs } from "node:fs";
+import { closeSync, fstatSync, fsyncSync, ftruncateSync, openSync, readdirSync, readSync, realpathSync, renameSync, statSync, unlinkSync, writeFileSync, writeSync, constants as fs } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import { compressSync, uncompressSync } from "lz4-napi";
 import { ErrorCode, UmapError, describeError, describeValue, invalidArgument } from "../src/errors.ts";
@@ -201,10 +201,11 @@ export default class Lz4Store implements Store {
       invalidArgument(`Lz4Store.pack: option chunkSize must be a power of two from ${CHUNK_SIZE_MIN} to ${CHUNK_SIZE_MAX}, got ${describeValue(chunkSize)}`);
     }
     const sourcePath = localPath("Lz4Store.pack source", source, options.s3);
-    const targetPath = localPath("Lz4Store.pack target", target, options.s3);
+    let targetPath = localPath("Lz4Store.pack target", target, options.s3);
     if (sourcePath === targetPath) invalidArgument(`Lz4Store.pack: source and target are the same file, ${sourcePath}`);
     const input = new LocalFileRange(sourcePath);
     try {
+      targetPath = newFileTarget("Lz4Store.pack", targetPath, input.fd);
       const size = input.size;
       const chunkCount = chunkCountOf(size, chunkSize);
       if (chunkCount > CHUNK_COUNT_MAX) invalidArgument(`Lz4Store.pack: ${sourcePath} is too large for chunks of ${chunkSize} bytes`);
@@ -242,8 +243,9 @@ export default class Lz4Store implements Store {
   static async unpack(source: string, target: string): Promise<void> {
     const store = await Lz4Store.open(source);
     try {
-      const targetPath = localPath("Lz4Store.unpack target", target, undefined);
+      let targetPath = localPath("Lz4Store.unpack target", target, undefined);
       if (targetPath === store.path) invalidArgument(`Lz4Store.unpack: source and target are the same file, ${targetPath}`);
+      targetPath = newFileTarget("Lz4Store.unpack", targetPath, store.#file!.fd);
       const piece = new Uint8Array(Math.min(COPY_BYTES, Math.max(1, store.size)));
       await writeNewFile(targetPath, (out) => {
         for (let at = 0; at < store.size; at += piece.length) {
@@ -869,6 +871,32 @@ function processAlive(pid: number): boolean {
   } catch (error) {
     return (error as NodeJS.ErrnoException).code === "EPERM";
   }
+}
+
+/**
+ * Where a new file for `path` goes: `path` itself, or the file a link there names (written as
+ * `cp` writes through a link, rather than replacing the link). The new file is renamed over
+ * it, so anything there but a regular file is refused: renaming over /dev/null or a FIFO would
+ * replace the device node itself. The source (open as `sourceFd`) is refused as a target under
+ * any name, since renaming over it would lose the data being packed.
+ */
+function newFileTarget(what: string, path: string, sourceFd: number): string {
+  let stat;
+  try {
+    stat = statSync(path);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    // Not there yet (or a dangling link, which the new file replaces): what we want.
+    if (code === "ENOENT") return path;
+    throw new UmapError(ErrorCode.STORE, `${what}: cannot look at the target ${path}: ${describeError(error)}`, { cause: error });
+  }
+  if (stat.isDirectory()) invalidArgument(`${what}: the target ${path} is a directory`);
+  if (!stat.isFile()) {
+    invalidArgument(`${what}: the target ${path} is not a regular file (a device, FIFO or socket); the result is written to a new file renamed into place, so give a file path`);
+  }
+  const source = fstatSync(sourceFd);
+  if (stat.dev === source.dev && stat.ino === source.ino) invalidArgument(`${what}: the target ${path} is the source file under another name`);
+  return realpathSync(path);
 }
 
 interface NewFile {

@@ -357,3 +357,69 @@ describe("crash safety under kill -9 at random moments", () => {
     expect(reached).toBeGreaterThan(0);
   });
 });
+
+describe("pack and unpack targets", () => {
+  const CLI = join(import.meta.dir, "..", "bin", "bun-umap.ts");
+  const cli = (...args: string[]) => Bun.spawnSync([process.execPath, CLI, ...args], { stdout: "pipe", stderr: "pipe", timeout: 30_000 });
+  const packed = async (directory: string): Promise<{ source: string; packed: string }> => {
+    const source = join(directory, "data.bin");
+    writeFileSync(source, new Uint8Array(20 * KiB).fill(4));
+    await Lz4Store.pack(source, join(directory, "data.lz4"));
+    return { source, packed: join(directory, "data.lz4") };
+  };
+
+  test("unpack or pack onto a FIFO is refused, and the FIFO is left as it was (it used to be replaced by a file)", async () => {
+    const directory = caseDir();
+    const files = await packed(directory);
+    const fifo = join(directory, "pipe");
+    mkfifo(fifo);
+    const unpacking = await rejection(Lz4Store.unpack(files.packed, fifo));
+    expect(unpacking.code).toBe(ErrorCode.INVALID_ARGUMENT);
+    expect(unpacking.message).toContain(`${fifo} is not a regular file`);
+    const packing = await rejection(Lz4Store.pack(files.source, fifo));
+    expect(packing.code).toBe(ErrorCode.INVALID_ARGUMENT);
+    expect(statSync(fifo).isFIFO()).toBe(true);
+    expect(readdirSync(directory).sort()).toEqual(["data.bin", "data.lz4", "pipe"]);
+  });
+
+  test.skipIf(process.getuid?.() !== 0)("unpack onto a character device (a copy of /dev/null; needs root) leaves the device node in place", async () => {
+    // `bun-umap unpack big.lz4 /dev/null`, to time decompression, renamed a file over /dev/null.
+    const directory = caseDir();
+    const files = await packed(directory);
+    const device = join(directory, "null");
+    execFileSync("mknod", [device, "c", "1", "3"]);
+    const result = cli("unpack", files.packed, device);
+    expect(result.exitCode).toBe(1);
+    expect(result.stderr.toString()).toContain(`${ErrorCode.INVALID_ARGUMENT}: Lz4Store.unpack: the target ${device} is not a regular file`);
+    expect(statSync(device).isCharacterDevice()).toBe(true);
+  });
+
+  test("pack onto a link to its own source is refused and the source kept; a link to another file is written through", async () => {
+    const directory = caseDir();
+    const files = await packed(directory);
+    const toSource = join(directory, "link-to-source");
+    symlinkSync(files.source, toSource);
+    const error = await rejection(Lz4Store.pack(files.source, toSource));
+    expect(error.code).toBe(ErrorCode.INVALID_ARGUMENT);
+    expect(error.message).toContain("is the source file under another name");
+    expect(statSync(files.source).size).toBe(20 * KiB);
+    const other = join(directory, "other.bin");
+    writeFileSync(other, "old");
+    const toOther = join(directory, "link-to-other");
+    symlinkSync(other, toOther);
+    await Lz4Store.unpack(files.packed, toOther);
+    expect(statSync(other).size).toBe(20 * KiB);
+    expect(readdirSync(directory).sort()).toEqual(["data.bin", "data.lz4", "link-to-other", "link-to-source", "other.bin"]);
+  });
+
+  test("bun-umap pack --chunk-size that is not a power of two from 4k to 16m is bad usage (exit 2)", async () => {
+    const directory = caseDir();
+    const files = await packed(directory);
+    for (const size of ["1000", "2k", "32m", "99999999999999999999"]) {
+      const result = cli("pack", files.source, join(directory, "out.lz4"), "--chunk-size", size);
+      expect(result.exitCode).toBe(2);
+      expect(result.stderr.toString()).toContain("--chunk-size must be a power of two");
+    }
+    expect(cli("pack", files.source, join(directory, "out.lz4"), "--chunk-size", "8k").exitCode).toBe(0);
+  });
+});
