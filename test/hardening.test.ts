@@ -423,3 +423,31 @@ describe("pack and unpack targets", () => {
     expect(cli("pack", files.source, join(directory, "out.lz4"), "--chunk-size", "8k").exitCode).toBe(0);
   });
 });
+
+describe("descriptor cache", () => {
+  test("a file reopened after its descriptor was evicted is checked again: a concatenated file that grew is ERR_UMAP_STORE", async () => {
+    // The size check was remembered by shard index past the descriptor it was made on, so a
+    // file reopened after an eviction was never looked at again.
+    const { ShardedStore } = await import("../src/index.ts");
+    const directory = caseDir();
+    const paths = ["a.bin", "b.bin"].map((name) => join(directory, name));
+    for (const path of paths) writeFileSync(path, new Uint8Array(8 * KiB).fill(1));
+    const store = await ShardedStore.concat(paths, { maxOpenFiles: 1 });
+    const target = new Uint8Array(4 * KiB);
+    store.read(0, target);
+    store.read(8 * KiB, target); // evicts a.bin's descriptor
+    expect(store.openFileCount).toBe(1);
+    appendFileSync(paths[0]!, new Uint8Array(100));
+    let error: unknown;
+    try {
+      store.read(0, target);
+    } catch (thrown) {
+      error = thrown;
+    }
+    expect(error).toBeInstanceOf(UmapError);
+    expect((error as UmapError).code).toBe(ErrorCode.STORE);
+    expect((error as UmapError).message).toContain(`${paths[0]} is ${8 * KiB + 100} bytes, expected ${8 * KiB}`);
+    store.close();
+    expect(store.openFileCount).toBe(0);
+  });
+});

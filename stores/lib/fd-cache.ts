@@ -12,11 +12,14 @@ export interface FdCacheOptions {
   writable: boolean;
   /** Refuse symbolic links (O_NOFOLLOW): for files the store names itself. */
   noFollow: boolean;
+  /** Told of each descriptor the cache closes to stay within its limit (so checks made on it can be forgotten). */
+  onEvict?(path: string): void;
 }
 
 export class FdCache {
   readonly #limit: number;
   readonly #flags: number;
+  readonly #onEvict: ((path: string) => void) | undefined;
   /** path -> fd, in order of last use (a Map iterates in insertion order). */
   readonly #open = new Map<string, number>();
 
@@ -25,6 +28,7 @@ export class FdCache {
       throw new RangeError(`descriptor limit must be a whole number >= 1, got ${options.limit}`);
     }
     this.#limit = options.limit;
+    this.#onEvict = options.onEvict;
     // O_NONBLOCK: a FIFO put where a file was expected must not block the open until a writer
     // comes (the caller's fstat then refuses it); on regular files the flag changes nothing.
     this.#flags = (options.writable ? fs.O_RDWR : fs.O_RDONLY) | fs.O_NONBLOCK | (options.noFollow ? fs.O_NOFOLLOW : 0);
@@ -60,6 +64,7 @@ export class FdCache {
       const [oldestPath, oldestFd] = this.#open.entries().next().value as [string, number];
       this.#open.delete(oldestPath);
       closeSync(oldestFd);
+      this.#onEvict?.(oldestPath);
     }
   }
 

@@ -51,12 +51,20 @@ let temporaryCount = 0;
 export class LocalShardFiles implements ShardBackend {
   readonly #options: LocalShardFilesOptions;
   readonly #fds: FdCache;
-  /** Shards whose file size was checked since their descriptor was opened. */
-  readonly #checked = new Set<number>();
+  /**
+   * Paths whose file was checked (type and size) since their descriptor was opened. A descriptor
+   * the cache closes takes its check with it: the file reopened later may be another one.
+   */
+  readonly #checked = new Set<string>();
 
   constructor(options: LocalShardFilesOptions) {
     this.#options = options;
-    this.#fds = new FdCache({ limit: options.maxOpenFiles, writable: options.writable, noFollow: options.noFollow });
+    this.#fds = new FdCache({
+      limit: options.maxOpenFiles,
+      writable: options.writable,
+      noFollow: options.noFollow,
+      onEvict: (path) => this.#checked.delete(path),
+    });
   }
 
   /** Descriptors open now (tests check the bound). */
@@ -149,7 +157,7 @@ export class LocalShardFiles implements ShardBackend {
       if (missing === "error") throw new UmapError(ErrorCode.STORE, `${label}: ${path} is gone`);
       return undefined;
     }
-    if (!this.#checked.has(shardIndex)) {
+    if (!this.#checked.has(path)) {
       const stat = fstatSync(fd);
       const expected = byteLengthOf(shardIndex);
       if (!stat.isFile() || stat.size !== expected) {
@@ -159,14 +167,15 @@ export class LocalShardFiles implements ShardBackend {
           ? new UmapError(ErrorCode.STORE, `${label}: ${path} ${actual}, expected ${expected} (it changed after concat())`)
           : new UmapError(ErrorCode.CORRUPT, `${label}: ${path} ${actual}, the manifest says ${expected}`);
       }
-      this.#checked.add(shardIndex);
+      this.#checked.add(path);
     }
     return fd;
   }
 
   #forget(shardIndex: number): void {
-    this.#fds.forget(this.#options.pathOf(shardIndex));
-    this.#checked.delete(shardIndex);
+    const path = this.#options.pathOf(shardIndex);
+    this.#fds.forget(path);
+    this.#checked.delete(path);
   }
 
   /**
@@ -211,10 +220,11 @@ export class LocalShardFiles implements ShardBackend {
       closeSync(fd);
       return false;
     }
+    // Cached first, so the descriptor is owned (and closed by close()) even if the fsync fails.
+    this.#fds.add(path, fd);
+    this.#checked.add(path);
     // The new name must survive a crash too, or the shard's data would be lost with it.
     fsyncDirectory(directory, label);
-    this.#fds.add(path, fd);
-    this.#checked.add(shardIndex);
     return true;
   }
 }
