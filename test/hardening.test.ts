@@ -451,3 +451,34 @@ describe("descriptor cache", () => {
     expect(store.openFileCount).toBe(0);
   });
 });
+
+describe("every evictor dead", () => {
+  // Known engine bug (csrc/umap.c, which this change does not touch): when every evictor has
+  // died, a fault that needs a dirty page evicted parks its thread forever. The main thread is
+  // that thread, so it never starts the replacement evictor, and SIGTERM or SIGINT cannot end the
+  // process either (bun-umap handles them in JavaScript for writable regions): only SIGKILL
+  // does. Run with `bun test --todo` to see it fail; it passes once the engine fails the queued
+  // write-backs and answers such faults while no evictor is left.
+  test.todo("a writable region whose store kills every evictor: writing past the buffer fails or finishes, never parks forever", () => {
+    const path = join(caseDir(), "data.bin");
+    writeFileSync(path, new Uint8Array(1024 * KiB));
+    const store = new URL("./fixtures/dying-writer-store.ts", import.meta.url).href;
+    const result = Bun.spawnSync(
+      [
+        process.execPath,
+        "-e",
+        `
+        import { umap, defineStore } from "./src/index.ts";
+        const region = await umap(defineStore(${JSON.stringify(store)}, { path: ${JSON.stringify(path)} }), { writable: true, pageSize: 65536, bufferSize: 512 * 1024 });
+        for (let offset = 0; offset < region.byteLength; offset += 4096) region.bytes[offset] = 7;
+        console.log("written");
+        await region.flush().catch((error) => console.log("flush", error.code));
+        `,
+      ],
+      { cwd: join(import.meta.dir, ".."), stdout: "pipe", stderr: "pipe", timeout: 20_000, killSignal: "SIGKILL" },
+    );
+    expect(result.signalCode).not.toBe("SIGKILL");
+    expect(result.stdout.toString()).toContain("written");
+    expect(result.stdout.toString()).toContain(`flush ${ErrorCode.STORE}`);
+  });
+});
