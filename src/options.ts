@@ -179,6 +179,14 @@ export function resolveOptions(
   if (given.onFillError !== undefined && given.onFillError !== "sigbus" && given.onFillError !== "zero") {
     invalidArgument(`option onFillError must be "sigbus" or "zero", got ${describeValue(given.onFillError)}`);
   }
+  // The engine answers with a zero page that is not write-protected, so a write to it would
+  // never fault, never be marked dirty and never reach the store: lost without a word.
+  if (given.onFillError === "zero" && given.writable === true) {
+    invalidArgument(
+      `option onFillError: "zero" cannot be combined with writable: true: a page answered with zeros is not write-protected, ` +
+        `so writes to it would never reach the store; map writable regions with onFillError: "sigbus" (the default)`,
+    );
+  }
   const readAhead = integerSetting("readAhead", given.readAhead, "UMAP_READ_AHEAD", env, 0, 2 ** 32);
   const events = integerSetting(
     "maxFaultEvents",

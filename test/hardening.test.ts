@@ -482,3 +482,18 @@ describe("every evictor dead", () => {
     expect(result.stdout.toString()).toContain(`flush ${ErrorCode.STORE}`);
   });
 });
+
+describe("failed fills in writable regions", () => {
+  test('onFillError: "zero" with writable: true is refused: a write to the zeroed page was dropped without a word', async () => {
+    // The zeroed page was installed without write-protection: a write to it made no fault, so
+    // the page was never dirty, flush() resolved, and the store kept its old bytes.
+    const path = join(caseDir(), "data.bin");
+    writeFileSync(path, new Uint8Array(256 * KiB).fill(0xab));
+    const error = await rejection(umap(path, { writable: true, onFillError: "zero" }));
+    expect(error.code).toBe(ErrorCode.INVALID_ARGUMENT);
+    expect(error.message).toContain('onFillError: "zero" cannot be combined with writable: true');
+    // Read-only regions keep the option.
+    await using region = await umap(path, { onFillError: "zero", pageSize: 64 * KiB });
+    expect(region.bytes[5]).toBe(0xab);
+  });
+});
