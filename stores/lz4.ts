@@ -780,7 +780,8 @@ function localPath(what: string, location: unknown, s3: unknown): string {
   if (typeof location !== "string" || location.length === 0) {
     invalidArgument(`${what}: location must be a non-empty path, got ${describeValue(location)}`);
   }
-  if (location.startsWith("s3://") || s3 !== undefined) {
+  // Case-insensitive, as URL schemes are (and as ShardedStore reads them): "S3://b/k" is S3 too.
+  if (/^s3:\/\//i.test(location) || s3 !== undefined) {
     throw new UmapError(ErrorCode.UNSUPPORTED, `${what} ${location}: S3 backing for Lz4Store is not available yet in this build; use a local file`);
   }
   return resolve(location);

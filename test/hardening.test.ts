@@ -497,3 +497,11 @@ describe("failed fills in writable regions", () => {
     expect(region.bytes[5]).toBe(0xab);
   });
 });
+
+describe("API consistency", () => {
+  test("an S3 location in capitals is ERR_UMAP_UNSUPPORTED for Lz4Store as for ShardedStore, not a missing local file", async () => {
+    const { ShardedStore } = await import("../src/index.ts");
+    expect((await rejection(Lz4Store.open("S3://bucket/data.lz4"))).code).toBe(ErrorCode.UNSUPPORTED);
+    expect((await rejection(ShardedStore.open("S3://bucket/prefix"))).code).toBe(ErrorCode.UNSUPPORTED);
+  });
+});
