@@ -969,6 +969,10 @@ static void run_prefetch(const struct command *cmd)
 	struct region *r = region_at(cmd->slot);
 	uint64_t page = cmd->first_page;
 	uint64_t end = cmd->first_page + cmd->page_count;
+	/* The marker counts from the start: the loop below may wait with E.mu released, and the
+	 * ticket's first requests must not bring it to zero (and free it) before its marker is
+	 * queued. */
+	E.tickets[cmd->ticket].pending++;
 	while (r && !r->closing && page < end) {
 		if (state_of(r, page) != PAGE_EMPTY) {
 			page++;
@@ -997,7 +1001,6 @@ static void run_prefetch(const struct command *cmd)
 		.ticket = cmd->ticket,
 		.fault_page = UINT64_MAX,
 	};
-	E.tickets[cmd->ticket].pending++;
 	while (E.fills.count == UMAP_QUEUE_MAX && !E.stopping)
 		pthread_cond_wait(&E.space_cv, &E.mu);
 	if (queue_push(&E.fills, &marker, 0) != 0)
