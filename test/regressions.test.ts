@@ -205,3 +205,34 @@ describe("arguments", () => {
     expect(empty.length).toBe(0);
   });
 });
+
+describe("the engine under prefetch pressure", () => {
+  test("many prefetches through a buffer that cannot hold them all: no ticket is settled after it was freed", () => {
+    // The monitor waits for room while queueing a prefetch's pages; its first fills used to
+    // complete and free the ticket before the ticket's marker was counted, and the marker then
+    // settled a freed ticket (an engine assertion aborted the process). Run in a child process.
+    const result = Bun.spawnSync(
+      [
+        process.execPath,
+        "-e",
+        `
+        import { defineStore, umap } from "./src/index.ts";
+        const store = defineStore(${JSON.stringify(PATTERN_STORE.href)}, { size: 64 << 20 });
+        const region = await umap(store, { pageSize: 4096, bufferSize: 1 << 20, readAhead: 0, fillers: 2 });
+        let rounds = 0;
+        for (const started = performance.now(); performance.now() - started < 2000; rounds++) {
+          const jobs = [];
+          for (let i = 0; i < 16; i++) jobs.push(region.prefetch(((rounds * 7 + i * 13) % 1000) * 65536, 640 << 10));
+          await Promise.all(jobs);
+        }
+        await region.close();
+        console.log("rounds", rounds);
+      `,
+      ],
+      { cwd: join(import.meta.dir, ".."), stdout: "pipe", stderr: "pipe", timeout: 60_000 },
+    );
+    expect(result.stderr.toString()).not.toContain("assertion failed");
+    expect(result.exitCode).toBe(0);
+    expect(result.stdout.toString()).toMatch(/rounds [1-9]/);
+  });
+});
