@@ -33,13 +33,16 @@ export function median(samples: readonly number[]): number {
 }
 
 /**
- * The order in which to run `count` systems in repeat number `repeatIndex`: rotated by one each
- * repeat, and reversed on odd repeats, so no system always goes first or always follows the same
- * neighbour (whose page cache or heap it would inherit).
+ * The order in which to run `count` systems in repeat number `repeatIndex`: repeat r starts with
+ * system r (mod count), and odd repeats run backwards, so no system always goes first or always
+ * follows the same neighbour (whose page cache or heap it would inherit).
  */
 export function alternation(count: number, repeatIndex: number): number[] {
-  const order = Array.from({ length: count }, (_, i) => (i + repeatIndex) % count);
-  return repeatIndex % 2 === 1 ? order.reverse() : order;
+  const odd = repeatIndex % 2 === 1;
+  // Backwards from start+1 means starting at `start` after the reversal.
+  const shift = odd ? repeatIndex + 1 : repeatIndex;
+  const order = Array.from({ length: count }, (_, i) => (i + shift) % count);
+  return odd ? order.reverse() : order;
 }
 
 /** A deterministic pseudo-random generator (xorshift32) with a fixed seed. */

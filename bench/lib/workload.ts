@@ -67,8 +67,8 @@ export async function runSystems(context: BenchContext, workload: string, system
         if (sample.problem) failures[index]!.push(`repeat ${repeatIndex + 1}: ${sample.problem}`);
         context.progress(`${workload}: ${system.name} repeat ${repeatIndex + 1}/${repeats}: ${sample.seconds.toFixed(3)} s${sample.problem ? ` CHECK FAILED: ${sample.problem}` : ""}`);
       } catch (error) {
-        failures[index]!.push(`repeat ${repeatIndex + 1} threw: ${(error as Error)?.stack ?? String(error)}`);
-        context.progress(`${workload}: ${system.name} repeat ${repeatIndex + 1}/${repeats} threw: ${String(error)}`);
+        failures[index]!.push(`repeat ${repeatIndex + 1} threw: ${String(error)}`);
+        context.progress(`${workload}: ${system.name} repeat ${repeatIndex + 1}/${repeats} threw: ${(error as Error)?.stack ?? String(error)}`);
       }
     }
   }

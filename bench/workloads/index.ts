@@ -6,6 +6,11 @@
  * 256 MiB dataset packed with Lz4Store, against reading it unpacked).
  */
 import type { Workload } from "../lib/workload.ts";
+import { memory } from "./memory.ts";
+import { random } from "./random.ts";
 import { seqCold, seqWarm } from "./seq.ts";
+import { sort } from "./sort.ts";
+import { touch } from "./touch.ts";
+import { write } from "./write.ts";
 
-export const WORKLOADS: Workload[] = [seqWarm, seqCold];
+export const WORKLOADS: Workload[] = [seqWarm, seqCold, touch, random, sort, write, memory];
