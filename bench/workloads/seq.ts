@@ -12,6 +12,8 @@ import { gigabytesPerSecond, metricOf, releaseMappings, runSystems, type BenchCo
 
 const READ_CHUNK_BYTES = 1 * MiB;
 const UMAP_PAGE_SIZES = [64 * KiB, 1 * MiB, 2 * MiB];
+/** UFFD_FEATURE_MOVE: masked off, 2 MiB pages are filled by UFFDIO_COPY as smaller ones are. */
+const UFFD_FEATURE_MOVE = 1 << 16;
 
 /** Sum of a Float64Array, front to back. One function for every system, so the JIT treats them alike. */
 export function sumFloat64(values: Float64Array): number {
@@ -28,10 +30,24 @@ export function umapSystemName(pageSize: number): string {
   return `umap ${formatBytes(pageSize)}`;
 }
 
+/**
+ * Maps a path with umap, with some userfaultfd features masked off (BUN_UMAP_MASK_FEATURES is
+ * read when the engine starts, and every region here starts its own engine).
+ */
+export async function umapMasked(path: string, options: Parameters<typeof umap>[1], maskFeatures = 0) {
+  if (maskFeatures === 0) return umap(path, options);
+  process.env.BUN_UMAP_MASK_FEATURES = String(maskFeatures);
+  try {
+    return await umap(path, options);
+  } finally {
+    delete process.env.BUN_UMAP_MASK_FEATURES;
+  }
+}
+
 /** Sums the file through umap; the timed part is the scan, the mapping and closing are extra. */
-async function umapScan(file: Float64File, pageSize: number, bufferSize: number): Promise<Sample> {
+async function umapScan(file: Float64File, pageSize: number, bufferSize: number, maskFeatures = 0): Promise<Sample> {
   const setupStart = Bun.nanoseconds();
-  const region = await umap(file.path, { pageSize, bufferSize });
+  const region = await umapMasked(file.path, { pageSize, bufferSize }, maskFeatures);
   const scanStart = Bun.nanoseconds();
   let sum: number;
   try {
@@ -55,6 +71,7 @@ async function umapScan(file: Float64File, pageSize: number, bufferSize: number)
       fillRequests: stats.fillRequests,
       readAheadPages: stats.readAheadPages,
       evictions: stats.evictions,
+      movedPages: stats.movedPages,
     },
   };
 }
@@ -119,6 +136,12 @@ function makeSeqWorkload(cold: boolean): Workload {
           run: async () => (prepare(), await umapScan(file, pageSize, bufferSize)),
           metric,
         })),
+        // The same pages filled by copying, to show what UFFDIO_MOVE buys.
+        {
+          name: `${umapSystemName(2 * MiB)} copy`,
+          run: async () => (prepare(), await umapScan(file, 2 * MiB, bufferSize, UFFD_FEATURE_MOVE)),
+          metric,
+        },
         { name: "Bun.mmap", run: async () => (prepare(), mmapScan(file)), metric },
         { name: "readSync 1 MiB", run: async () => (prepare(), readSyncScan(file)), metric },
       ];
@@ -146,6 +169,7 @@ function makeSeqWorkload(cold: boolean): Workload {
           ? target(`best umap page size (${best.name.split(" / ")[0]}) vs Bun.mmap, cold`, best.value, "at least", 1.0)
           : target(`best umap page size (${best.name.split(" / ")[0]}) vs Bun.mmap, warm`, best.value, "at least", 0.8),
       ];
+      notes.push(`"${umapSystemName(2 * MiB)} copy" is umap at 2 MiB pages with UFFDIO_MOVE masked off (filled by UFFDIO_COPY, as pages below 2 MiB always are).`);
       notes.push("Timed: the scan only. Mapping (umap() starting the engine and its workers) and closing are in each system's extra as setupMs/closeMs.");
       return {
         parameters: { byteLength, bufferSize, readChunkBytes: READ_CHUNK_BYTES, pageSizes: UMAP_PAGE_SIZES.join(","), repeats: context.repeats, cold },
