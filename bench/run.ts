@@ -19,7 +19,7 @@ Workloads: ${WORKLOADS.map((w) => w.name).join(", ")}
   --quick     small data (tens of MiB), 2 repeats: a smoke test of the whole suite
   --only      run these workloads only
   --out       where to write NAME.json and NAME.svg (default bench/results)
-  --repeats   repeats per system (default 3, quick 2)`;
+  --repeats   repeats per system (default 5, quick 2; sort and write run at most 3)`;
 
 const benchDir = dirname(new URL(import.meta.url).pathname);
 
@@ -49,7 +49,7 @@ if (values.help) {
   process.exit(0);
 }
 const quick = values.quick!;
-const repeats = values.repeats === undefined ? (quick ? 2 : 3) : Number(values.repeats);
+const repeats = values.repeats === undefined ? (quick ? 2 : 5) : Number(values.repeats);
 if (!Number.isSafeInteger(repeats) || repeats < 1 || repeats > 100) usageError(`--repeats must be a whole number from 1 to 100, got ${values.repeats}`);
 const names = values.only?.split(",").map((name) => name.trim()).filter(Boolean);
 for (const name of names ?? []) {
