@@ -39,7 +39,7 @@ describe("bench library", () => {
     expect(svg.startsWith("<svg")).toBe(true);
     expect(svg).toContain("a &amp; b");
     expect(svg).toContain("t &lt;1&gt;");
-    const widths = [...svg.matchAll(/<rect x="200" y="\d+" width="(\d+)"/g)].map((m) => Number(m[1]));
+    const widths = [...svg.matchAll(/<rect x="230" y="\d+" width="(\d+)"/g)].map((m) => Number(m[1]));
     expect(widths).toHaveLength(2);
     expect(widths[0]).toBe(2 * widths[1]!);
   });

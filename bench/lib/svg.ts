@@ -10,7 +10,7 @@ export interface BarChart {
 }
 
 const WIDTH = 760;
-const LABEL_WIDTH = 200;
+const LABEL_WIDTH = 230;
 const VALUE_WIDTH = 110;
 const BAR_HEIGHT = 22;
 const BAR_GAP = 8;
