@@ -58,6 +58,11 @@
 /* The batch that holds the faulting page is kept smaller, so the faulting thread resumes sooner. */
 #define UMAP_FAULT_BATCH_BYTES_MAX (256u << 10)
 #define UMAP_SYSTEM_PAGE 4096u
+/* A transparent huge page (x86-64 and arm64 with 4 KiB base pages): UFFDIO_MOVE hands one over
+ * by moving a single page-table entry. */
+#define UMAP_HUGE_PAGE (2u << 20)
+/* UFFDIO_MOVE answers EAGAIN while a page is being migrated or split: retry, but not forever. */
+#define UMAP_MOVE_RETRIES_MAX 16
 #define UMAP_WRITEBACK_BUCKETS 4096
 /* Failed fills a region remembers for umap_region_error(): the most recent ones. */
 #define UMAP_REGION_ERRORS_MAX 64
@@ -99,6 +104,7 @@ enum region_stat {
 	STAT_BYTES_WRITTEN,     /* bytes written to the store */
 	STAT_WRITEBACK_ERRORS,  /* store writes that failed (the pages stay dirty) */
 	STAT_WRITEBACK_SERVES,  /* faults served from a write-back entry's copy */
+	STAT_MOVED_PAGES,       /* pages installed by UFFDIO_MOVE of the staging pages (no copy) */
 	STAT_COUNT
 };
 
@@ -356,6 +362,36 @@ static int uffd_copy(uint64_t dst, const char *src, uint64_t len, int write_prot
 		return -err;
 	}
 	return 0;
+}
+
+/*
+ * Moves up to len bytes of staging pages to dst without waking anyone: the pages change owner
+ * and no byte is copied; the staging range is left empty. Returns the bytes moved, from the
+ * start, before the first page that could not be moved (the caller copies the rest: a page
+ * already there, a split in progress or a kernel that refuses all count the same).
+ */
+static uint64_t uffd_move(uint64_t dst, const char *src, uint64_t len)
+{
+	uint64_t done = 0;
+	int retries = 0;
+	while (done < len) {
+		struct uffdio_move move = {
+			.dst = dst + done,
+			.src = (uint64_t)(uintptr_t)(src + done),
+			.len = len - done,
+			.mode = UFFDIO_MOVE_MODE_DONTWAKE,
+		};
+		if (ioctl(E.uffd, UFFDIO_MOVE, &move) == 0) {
+			done += (uint64_t)move.move;
+			continue;
+		}
+		int err = errno;
+		if (move.move > 0)
+			done += (uint64_t)move.move;
+		if (err != EAGAIN || retries++ == UMAP_MOVE_RETRIES_MAX)
+			break;
+	}
+	return done;
 }
 
 /* Write-protects the range (protect != 0), or lifts the protection and wakes its writers. */
@@ -1093,7 +1129,7 @@ int64_t umap_engine_start(uint64_t feature_mask)
 		pthread_mutex_unlock(&E.mu);
 		return failed;
 	}
-	uint64_t wanted = UFFD_FEATURE_POISON | UFFD_FEATURE_PAGEFAULT_FLAG_WP;
+	uint64_t wanted = UFFD_FEATURE_POISON | UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_MOVE;
 	uint64_t features = api.features & wanted & ~feature_mask;
 
 	int fd = uffd_open(O_CLOEXEC | O_NONBLOCK, &mode);
@@ -1329,6 +1365,14 @@ int64_t umap_region_create(uint64_t page_count, uint64_t page_size, int64_t read
 		} else if (writable && !(reg.ioctls & ((uint64_t)1 << _UFFDIO_WRITEPROTECT))) {
 			ioctl(E.uffd, UFFDIO_UNREGISTER, &reg.range);
 			err = -EOPNOTSUPP;
+		} else if (!writable && (E.features & UFFD_FEATURE_MOVE) &&
+			   page_size % UMAP_HUGE_PAGE == 0) {
+			/* Pages that fill by moving whole huge pages (see can_move()): with huge
+			 * pages allowed, a fault reaches userfaultfd at the huge-page level, before
+			 * the kernel gives the range a page table of its own, so the page-table
+			 * entry of a whole huge page can still be moved in. A hint: if it fails,
+			 * the moves go by system pages. */
+			madvise(base, mapped, MADV_HUGEPAGE);
 		}
 	}
 	if (err) {
@@ -1810,6 +1854,41 @@ int umap_worker_unregister(int id)
 }
 
 /*
+ * Maps a worker's staging buffer: anonymous memory aligned to a huge page and marked for
+ * transparent huge pages, so that a store read of a 2 MiB page lands in one huge page that
+ * UFFDIO_MOVE can hand to the region whole (see can_move()). Returns NULL if out of memory.
+ */
+static char *staging_map(uint64_t bytes)
+{
+	uint64_t mapped = bytes + UMAP_HUGE_PAGE;
+	char *raw = mmap(NULL, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (raw == MAP_FAILED)
+		return NULL;
+	uint64_t misalign = (uint64_t)(uintptr_t)raw & (UMAP_HUGE_PAGE - 1);
+	uint64_t lead = misalign ? UMAP_HUGE_PAGE - misalign : 0;
+	if (lead)
+		munmap(raw, lead);
+	if (mapped - lead > bytes)
+		munmap(raw + lead + bytes, mapped - lead - bytes);
+	/* A hint: without huge pages the moves go system page by system page, still correct. */
+	madvise(raw + lead, bytes, MADV_HUGEPAGE);
+	return raw + lead;
+}
+
+/*
+ * Whether a fill of r from this staging buffer installs by UFFDIO_MOVE instead of UFFDIO_COPY:
+ * for read-only regions (a moved page cannot be installed write-protected) whose pages are
+ * whole huge pages, so each one moves as one page-table entry. Smaller pages would split the
+ * staging buffer's huge page and move 4 KiB at a time, which costs more than the copy saves.
+ */
+static int can_move(const struct region *r, const char *staging)
+{
+	return (E.features & UFFD_FEATURE_MOVE) && !r->writable &&
+	       r->page_size % UMAP_HUGE_PAGE == 0 &&
+	       (uint64_t)(uintptr_t)staging % UMAP_HUGE_PAGE == 0;
+}
+
+/*
  * Blocks until a request for the worker's role is ready, then writes it to out (enum
  * worker_field order, as doubles) and returns 1; returns 0 when the engine stops, -EINVAL for a
  * bad id or a worker that has not completed its previous request, -ENOMEM if its staging buffer
@@ -1847,9 +1926,8 @@ int umap_worker_next(int id, double *out)
 		bytes = req.page_count * r->page_size;
 		if (bytes > w->staging_bytes) {
 			uint64_t grown = bytes < UMAP_BATCH_BYTES_MAX ? UMAP_BATCH_BYTES_MAX : bytes;
-			char *staging = mmap(NULL, grown, PROT_READ | PROT_WRITE,
-					     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-			if (staging == MAP_FAILED) {
+			char *staging = staging_map(grown);
+			if (!staging) {
 				/* Put the request back for a worker that has room. */
 				int pushed = queue_push(q, &req, 1);
 				UMAP_ASSERT(pushed == 0);
@@ -2053,13 +2131,21 @@ int64_t umap_worker_complete(int id, int status, const char *error, uint64_t err
 		r->stat[STAT_FILLS] += req.page_count;
 		r->stat[STAT_BYTES_READ] += bytes;
 	}
+	int use_move = req.kind == REQUEST_FILL && can_move(r, w->staging);
 	pthread_mutex_unlock(&E.mu);
 
 	/* The pages are FILLING, so nothing else installs or evicts them, and the region cannot
 	 * be released while they are in flight: the copy can run without the lock. */
 	uint64_t races = 0;
+	uint64_t moved = 0;
 	if (req.kind == REQUEST_FILL && status == 0) {
-		int copied = uffd_copy(first, w->staging, bytes, write_protect, &races);
+		/* Move what can be moved (the staging pages go to the region, no copy), copy the
+		 * rest: a page the move refused still sits in the staging buffer. */
+		if (use_move)
+			moved = uffd_move(first, w->staging, bytes) & ~(uint64_t)(UMAP_SYSTEM_PAGE - 1);
+		int copied = moved == bytes ? 0
+					    : uffd_copy(first + moved, w->staging + moved, bytes - moved,
+							write_protect, &races);
 		if (copied != 0) {
 			status = copied;
 			error = "UFFDIO_COPY failed";
@@ -2080,6 +2166,7 @@ int64_t umap_worker_complete(int id, int status, const char *error, uint64_t err
 			for (uint64_t p = req.first_page; p < req.first_page + req.page_count; p++)
 				set_state(r, p, PAGE_PRESENT);
 			r->stat[STAT_COPY_RACES] += races;
+			r->stat[STAT_MOVED_PAGES] += moved / r->page_size;
 			/* The installed pages' waiters resume. */
 			uffd_wake(first, bytes);
 			r->inflight_pages -= req.page_count;

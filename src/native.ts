@@ -88,6 +88,7 @@ export const REGION_STAT_FIELDS = [
   "bytesWritten",
   "writebackErrors",
   "writebackServes",
+  "movedPages",
 ] as const;
 
 /** The order of umap_worker_next()'s output (csrc/umap.c, enum worker_field). */
