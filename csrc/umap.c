@@ -252,6 +252,9 @@ static struct engine {
 	/* Every filler died and none has registered since: faults are answered as failed fills
 	 * rather than queued for nobody. */
 	int fillers_lost;
+	/* Likewise for evictors: write-backs are failed (their pages stay dirty, in their entries)
+	 * rather than queued for nobody, which would leave eviction waiting for room forever. */
+	int evictors_lost;
 	uint64_t worker_deaths;
 } E = {
 	.mu = PTHREAD_MUTEX_INITIALIZER,
@@ -262,6 +265,10 @@ static struct engine {
 	.wake_fd = -1,
 	.writeback_free = -1,
 };
+
+/* Answers for work no worker is left to do (see "worker deaths"). */
+static void fail_queued_fills(void);
+static void fail_queued_writes(void);
 
 /* Assertions catch programmer errors and stay on in every build. */
 #define UMAP_ASSERT(cond)                                                                     \
@@ -749,6 +756,8 @@ static void evict_to(uint64_t target_bytes)
 	if (run)
 		madvise(run->base + run_first * run->page_size, run_count * run->page_size,
 			MADV_DONTNEED);
+	if (E.evictors_lost)
+		fail_queued_writes();
 }
 
 /*
@@ -794,8 +803,6 @@ static int wait_queue_room(struct region *r)
 	}
 	return 0;
 }
-
-static void fail_queued_fills(void); /* see "worker deaths" */
 
 /*
  * Requests the run of EMPTY pages that starts at first (at most page_count of them): reserves
@@ -1163,6 +1170,7 @@ int64_t umap_engine_start(uint64_t feature_mask)
 	E.writes.head = E.writes.count = 0;
 	E.command_count = 0;
 	E.fillers_lost = 0;
+	E.evictors_lost = 0;
 	E.worker_deaths = 0;
 	if (E.fault_events_max == 0)
 		E.fault_events_max = 256;
@@ -1640,6 +1648,8 @@ int64_t umap_region_flush(uint32_t slot)
 			else
 				wb->state = WB_QUEUED;
 		}
+	if (E.evictors_lost)
+		fail_queued_writes();
 	if (result == 0)
 		result = (int64_t)r->writeback_next_seq;
 	pthread_mutex_unlock(&E.mu);
@@ -1826,6 +1836,8 @@ int umap_worker_register(int role)
 	E.workers[id].epoch = E.epoch;
 	if (role == ROLE_FILLER)
 		E.fillers_lost = 0;
+	else
+		E.evictors_lost = 0;
 	pthread_mutex_unlock(&E.mu);
 	pthread_once(&worker_key_once, make_worker_key);
 	pthread_setspecific(worker_key, (void *)(intptr_t)(id + 1));
@@ -2220,6 +2232,26 @@ static void fail_queued_fills(void)
 	pthread_cond_broadcast(&E.space_cv);
 }
 
+static const char EVICTORS_LOST[] =
+	"no write-back worker is left (each one died); the page stays dirty for the next flush";
+
+/*
+ * With no evictor left, fails every queued write-back (E.mu held): its bytes stay in its entry
+ * (or its page), dirty, and stop counting in the buffer, so eviction can go on; the next flush()
+ * queues them again, and fails at once while no evictor is there to take them.
+ */
+static void fail_queued_writes(void)
+{
+	while (E.writes.count > 0) {
+		struct request req = queue_pop(&E.writes);
+		struct writeback *wb = &E.writebacks[req.writeback];
+		UMAP_ASSERT(wb->state == WB_QUEUED);
+		wb->state = WB_WRITING;
+		complete_write(&E.regions[req.slot], req.writeback, -EIO, EVICTORS_LOST,
+			       sizeof EVICTORS_LOST - 1);
+	}
+}
+
 /*
  * Hands the request of a worker that died to another worker of its role, or fails it when
  * none is left or UMAP_REQUEST_ATTEMPTS_MAX workers have died serving it (E.mu held).
@@ -2279,6 +2311,10 @@ static void worker_thread_gone(void *value)
 		(void)ignored;
 		E.fillers_lost = 1;
 		fail_queued_fills();
+	}
+	if (current && !E.stopping && role == ROLE_EVICTOR && workers_alive(ROLE_EVICTOR) == 0) {
+		E.evictors_lost = 1;
+		fail_queued_writes();
 	}
 	pthread_mutex_unlock(&E.mu);
 }

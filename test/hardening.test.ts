@@ -453,13 +453,11 @@ describe("descriptor cache", () => {
 });
 
 describe("every evictor dead", () => {
-  // Known engine bug (csrc/umap.c, which this change does not touch): when every evictor has
-  // died, a fault that needs a dirty page evicted parks its thread forever. The main thread is
-  // that thread, so it never starts the replacement evictor, and SIGTERM or SIGINT cannot end the
-  // process either (bun-umap handles them in JavaScript for writable regions): only SIGKILL
-  // does. Run with `bun test --todo` to see it fail; it passes once the engine fails the queued
-  // write-backs and answers such faults while no evictor is left.
-  test.todo("a writable region whose store kills every evictor: writing past the buffer fails or finishes, never parks forever", () => {
+  // When every evictor had died, a fault that needed a dirty page evicted parked its thread
+  // forever: the main thread was that thread, so it never started a replacement, and SIGTERM or
+  // SIGINT could not end the process (their flush runs in JavaScript). Now the engine fails the
+  // queued write-backs while no evictor is left: the pages stay dirty and flush() says why.
+  test("a writable region whose store kills every evictor: writing past the buffer fails or finishes, never parks forever", () => {
     const path = join(caseDir(), "data.bin");
     writeFileSync(path, new Uint8Array(1024 * KiB));
     const store = new URL("./fixtures/dying-writer-store.ts", import.meta.url).href;
