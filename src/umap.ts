@@ -11,6 +11,13 @@ const ENOSPC = -28;
 const EOPNOTSUPP = -95;
 /** UMAP_REGIONS_MAX in csrc/umap.c. */
 const REGIONS_MAX = 4096;
+/*
+ * Without UFFDIO_POISON a failed fill can only be answered with a zero page. In a writable region
+ * a write to it would be lost, or written back over the store's unread bytes: neither is allowed.
+ */
+const POISON_REQUIRED =
+  "writable regions need UFFDIO_POISON (Linux 6.6 or newer), so that a page whose fill fails is never " +
+  "answered with zeros that could be written back over the store's data; this kernel lacks it: map read-only";
 const WRITE_PROTECT_REQUIRED =
   "writable regions need userfaultfd write-protection for anonymous memory (Linux 5.7 or newer, 5.10 or newer " +
   "recommended), which this kernel does not offer: map read-only";
@@ -60,6 +67,9 @@ export async function umap(target: string | Store | StoreDescriptor, options?: U
     try {
       if (writable && !(engine.features & Feature.WRITE_PROTECT)) {
         throw new UmapError(ErrorCode.UNSUPPORTED, `umap: ${label}: ${WRITE_PROTECT_REQUIRED}`);
+      }
+      if (writable && !(engine.features & Feature.POISON)) {
+        throw new UmapError(ErrorCode.UNSUPPORTED, `umap: ${label}: ${POISON_REQUIRED}`);
       }
       if (writable) await engine.startEvictors();
       if (store instanceof FileStore && descriptor.module === FileStore.MODULE) {

@@ -403,6 +403,26 @@ describe("in a child process", () => {
     expect(out).toContain("write-protection");
     expect(out).toContain(`read ${(patternWord(0) >>> 8) & 0xff}`);
   });
+
+  test("without UFFDIO_POISON, writable: true is refused naming it: a failed fill would be zeros a write could lose or write back", async () => {
+    const path = patternFile(64 * KiB);
+    const child = run(
+      `
+      import { umap } from "./src/index.ts";
+      const error = await umap(${JSON.stringify(path)}, { writable: true }).catch((e) => e);
+      console.log(error.code, error.message);
+      const region = await umap(${JSON.stringify(path)});
+      console.log("read", region.bytes[1]);
+      await region.close();
+    `,
+      { BUN_UMAP_MASK_FEATURES: String(1 << 14) },
+    );
+    expect(await child.exited).toBe(0);
+    const out = await new Response(child.stdout).text();
+    expect(out).toContain("ERR_UMAP_UNSUPPORTED");
+    expect(out).toContain("UFFDIO_POISON");
+    expect(out).toContain(`read ${(patternWord(0) >>> 8) & 0xff}`);
+  });
 });
 
 function checkPatternByte(offset: number): number {
