@@ -5,3 +5,4 @@ export { UmapError, ErrorCode } from "./errors.ts";
 export type { UmapOptions } from "./options.ts";
 export { defineStore, type Store, type StoreDescriptor, type StoreInstance } from "./store.ts";
 export { FileStore, type FileStoreOptions } from "../stores/file.ts";
+export { S3Store, type S3StoreOptions, type S3Options, type S3Credentials } from "../stores/s3.ts";

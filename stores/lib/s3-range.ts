@@ -1,0 +1,584 @@
+/**
+ * Byte-range reads of one S3 object: the access S3Store is built on, and that other stores (an
+ * LZ4 datastore) can sit on as they sit on a local file.
+ *
+ * - The object's size and ETag are read once (HeadObject) and pinned: every ranged GetObject
+ *   sends `If-Match` on that ETag and checks the ETag it gets back, so an object replaced while
+ *   mapped fails with a typed error instead of mixing pages of two versions.
+ * - Bytes are fetched in aligned chunks of `chunkSize` bytes, whatever the size of the read, and
+ *   kept until every byte of the chunk has been read once (or the cache needs the room). A read
+ *   that continues a sequential run also starts the next chunks, up to `concurrency` GETs in
+ *   flight, so a scan keeps the connection busy while the reader copies.
+ * - Throttling, 5xx answers, resets, timeouts and truncated bodies are retried with capped
+ *   exponential backoff and full jitter, bounded in attempts and in total time.
+ *
+ * Credentials never appear in messages: labels and errors name the bucket, key and endpoint
+ * host only.
+ */
+import { GetObjectCommand, HeadBucketCommand, HeadObjectCommand, S3Client, type S3ClientConfig } from "@aws-sdk/client-s3";
+import { ErrorCode, UmapError, describeError, describeValue, invalidArgument } from "../../src/errors.ts";
+import { checkBucket, checkKey } from "./s3-location.ts";
+
+/** The shape every byte-range source has (a local file, an S3 object). */
+export interface ByteRange {
+  /** Bytes. */
+  readonly size: number;
+  /** Names the source in messages. */
+  readonly label: string;
+  /** Fills `target` completely with the bytes at `byteOffset`. */
+  read(byteOffset: number, target: Uint8Array): void | Promise<void>;
+  write?(byteOffset: number, source: Uint8Array): void | Promise<void>;
+  close?(): void | Promise<void>;
+}
+
+/** Static credentials: each worker thread gets a copy, so they must be plain data. */
+export interface S3Credentials {
+  accessKeyId: string;
+  secretAccessKey: string;
+  sessionToken?: string;
+}
+
+/** How to reach S3 and how to fetch from it. Every field is optional. */
+export interface S3Options {
+  /** Service URL, for S3-compatible stores ("http://127.0.0.1:9000"). Default: AWS's own. */
+  endpoint?: string;
+  /** Default: the SDK's (AWS_REGION, the shared config), or "us-east-1" with an `endpoint`. */
+  region?: string;
+  /** Default: the SDK's credential chain, in every worker. */
+  credentials?: S3Credentials;
+  /** Address buckets as a path (`endpoint/bucket/key`). Default: true with an `endpoint`. */
+  forcePathStyle?: boolean;
+  /** Bytes per ranged GET, independent of the page size. Default 8 MiB. */
+  chunkSize?: number;
+  /** GETs in flight at once, per worker thread. Default 4. */
+  concurrency?: number;
+  /** How long establishing a connection may take. Default 5000. */
+  connectTimeoutMs?: number;
+  /** How long one request may take, body included. Default 60000. */
+  requestTimeoutMs?: number;
+  /** Attempts per request, the first included (1 = no retries). Default 6. */
+  maxAttempts?: number;
+  /** Total time a request may spend on attempts and backoff before it fails. Default 30000. */
+  retryTimeMs?: number;
+}
+
+/** One object, and optionally the identity already read at open (so workers skip HeadObject). */
+export interface S3RangeConfig extends S3Options {
+  bucket: string;
+  key: string;
+  /** Size in bytes, as HeadObject gave it where the object was first opened. */
+  size?: number;
+  /** ETag, as HeadObject gave it where the object was first opened. */
+  etag?: string;
+}
+
+export const S3_DEFAULTS = {
+  chunkSize: 8 * 1024 * 1024,
+  concurrency: 4,
+  connectTimeoutMs: 5_000,
+  requestTimeoutMs: 60_000,
+  maxAttempts: 6,
+  retryTimeMs: 30_000,
+} as const;
+
+const CHUNK_SIZE_MIN = 4096;
+const CHUNK_SIZE_MAX = 1024 * 1024 * 1024;
+const CONCURRENCY_MAX = 64;
+const MAX_ATTEMPTS_MAX = 20;
+const TIMEOUT_MS_MAX = 10 * 60_000;
+/** First backoff ceiling; doubles per attempt up to BACKOFF_CAP_MS (full jitter below it). */
+const BACKOFF_BASE_MS = 50;
+const BACKOFF_CAP_MS = 2_000;
+/** Chunks kept per instance beyond those in flight: bounds memory when reads do not cover chunks. */
+const CACHE_CHUNKS_EXTRA = 2;
+
+const OPTION_NAMES = new Set([
+  "bucket",
+  "key",
+  "size",
+  "etag",
+  "endpoint",
+  "region",
+  "credentials",
+  "forcePathStyle",
+  "chunkSize",
+  "concurrency",
+  "connectTimeoutMs",
+  "requestTimeoutMs",
+  "maxAttempts",
+  "retryTimeMs",
+]);
+
+/** Checks options and fills in defaults; throws ERR_UMAP_INVALID_ARGUMENT naming the option. */
+export function resolveS3Config(config: S3RangeConfig, what: string): Required<Omit<S3RangeConfig, "size" | "etag" | "endpoint" | "region" | "credentials" | "forcePathStyle">> & S3RangeConfig {
+  if (typeof config !== "object" || config === null) invalidArgument(`${what}: options must be an object with bucket and key, got ${describeValue(config)}`);
+  for (const name of Object.keys(config)) {
+    if (!OPTION_NAMES.has(name)) invalidArgument(`${what}: unknown option ${JSON.stringify(name)}`);
+  }
+  checkBucket(config.bucket, what);
+  checkKey(config.key, what);
+  if (config.endpoint !== undefined) {
+    let url: URL | undefined;
+    try {
+      url = typeof config.endpoint === "string" ? new URL(config.endpoint) : undefined;
+    } catch {
+      url = undefined;
+    }
+    if (!url || (url.protocol !== "http:" && url.protocol !== "https:")) {
+      invalidArgument(`${what}: option endpoint must be an http:// or https:// URL, got ${typeof config.endpoint === "string" ? JSON.stringify(redactUrl(config.endpoint)) : typeof config.endpoint}`);
+    }
+  }
+  if (config.region !== undefined && (typeof config.region !== "string" || !/^[a-z0-9-]{1,64}$/.test(config.region))) {
+    invalidArgument(`${what}: option region must be a region name such as "us-east-1", got ${describeValue(config.region)}`);
+  }
+  if (config.credentials !== undefined) {
+    const credentials = config.credentials as unknown;
+    if (
+      typeof credentials !== "object" ||
+      credentials === null ||
+      typeof (credentials as S3Credentials).accessKeyId !== "string" ||
+      typeof (credentials as S3Credentials).secretAccessKey !== "string" ||
+      ((credentials as S3Credentials).sessionToken !== undefined && typeof (credentials as S3Credentials).sessionToken !== "string")
+    ) {
+      // Never echo the value: it may hold a secret.
+      invalidArgument(
+        `${what}: option credentials must be { accessKeyId, secretAccessKey, sessionToken? } strings (each worker gets a copy, ` +
+          "so a provider function cannot be used: omit credentials to use the SDK's credential chain in every worker)",
+      );
+    }
+  }
+  if (config.forcePathStyle !== undefined && typeof config.forcePathStyle !== "boolean") {
+    invalidArgument(`${what}: option forcePathStyle must be a boolean, got ${describeValue(config.forcePathStyle)}`);
+  }
+  const chunkSize = wholeOption(config, "chunkSize", CHUNK_SIZE_MIN, CHUNK_SIZE_MAX, what);
+  const concurrency = wholeOption(config, "concurrency", 1, CONCURRENCY_MAX, what);
+  const connectTimeoutMs = wholeOption(config, "connectTimeoutMs", 1, TIMEOUT_MS_MAX, what);
+  const requestTimeoutMs = wholeOption(config, "requestTimeoutMs", 1, TIMEOUT_MS_MAX, what);
+  const maxAttempts = wholeOption(config, "maxAttempts", 1, MAX_ATTEMPTS_MAX, what);
+  const retryTimeMs = wholeOption(config, "retryTimeMs", 1, TIMEOUT_MS_MAX, what);
+  if (config.size !== undefined && (!Number.isSafeInteger(config.size) || config.size < 0)) {
+    invalidArgument(`${what}: size must be a whole number of bytes, got ${describeValue(config.size)}`);
+  }
+  if (config.etag !== undefined && typeof config.etag !== "string") invalidArgument(`${what}: etag must be a string`);
+  return { ...config, chunkSize, concurrency, connectTimeoutMs, requestTimeoutMs, maxAttempts, retryTimeMs };
+}
+
+function wholeOption(config: S3RangeConfig, name: keyof typeof S3_DEFAULTS, min: number, max: number, what: string): number {
+  const value = config[name] ?? S3_DEFAULTS[name];
+  if (typeof value !== "number" || !Number.isSafeInteger(value) || value < min || value > max) {
+    invalidArgument(`${what}: option ${name} must be a whole number from ${min} to ${max}, got ${describeValue(value)}`);
+  }
+  return value;
+}
+
+/** A URL without its user name and password, for messages. */
+export function redactUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.username || parsed.password) {
+      parsed.username = "";
+      parsed.password = "";
+    }
+    parsed.search = "";
+    return parsed.href;
+  } catch {
+    return "(an endpoint that is not a URL)";
+  }
+}
+
+/** How a failed request is treated. */
+interface Failure {
+  retryable: boolean;
+  /** What went wrong, in a few words, without secrets. */
+  reason: string;
+  code: ErrorCode;
+}
+
+const NETWORK_CODES = new Set([
+  "ECONNRESET",
+  "ECONNREFUSED",
+  "ECONNABORTED",
+  "EPIPE",
+  "ETIMEDOUT",
+  "ENETUNREACH",
+  "EHOSTUNREACH",
+  "EAI_AGAIN",
+  "ENOTFOUND",
+  "UND_ERR_SOCKET",
+]);
+const THROTTLE_NAMES = new Set(["SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests", "RequestThrottled"]);
+
+/** Sorts an error from the SDK (or a short body) into retryable or not, with a code for users. */
+function classify(error: unknown): Failure {
+  if (error instanceof UmapError) return { retryable: false, reason: error.message, code: error.code };
+  if (error instanceof ShortBodyError) return { retryable: true, reason: error.message, code: ErrorCode.STORE };
+  const e = error as { name?: string; code?: string; message?: string; $metadata?: { httpStatusCode?: number } };
+  const status = e.$metadata?.httpStatusCode;
+  const name = e.name ?? "";
+  const code = e.code ?? "";
+  if (THROTTLE_NAMES.has(name) || status === 429 || status === 503) return { retryable: true, reason: `throttled (${name || status})`, code: ErrorCode.STORE };
+  if (status !== undefined && status >= 500) return { retryable: true, reason: `server error ${status} (${name})`, code: ErrorCode.STORE };
+  if (name === "TimeoutError" || name === "AbortError" || name === "RequestTimeout" || name === "RequestTimeoutException") {
+    return { retryable: true, reason: `timed out (${name})`, code: ErrorCode.STORE };
+  }
+  if (NETWORK_CODES.has(code) || NETWORK_CODES.has(name) || /socket hang up|ECONNRESET|ECONNREFUSED|network|connect/i.test(e.message ?? "")) {
+    return { retryable: true, reason: `connection failed (${code || name || e.message})`, code: ErrorCode.STORE };
+  }
+  if (name === "NoSuchKey" || name === "NotFound" || status === 404) return { retryable: false, reason: "no such object", code: ErrorCode.NOT_FOUND };
+  if (name === "NoSuchBucket") return { retryable: false, reason: "no such bucket", code: ErrorCode.NOT_FOUND };
+  if (name === "AccessDenied" || name === "Forbidden" || status === 403 || status === 401) {
+    return { retryable: false, reason: `access denied (${name || status}): check the credentials and the bucket's policy`, code: ErrorCode.STORE };
+  }
+  if (name === "PreconditionFailed" || status === 412) {
+    return { retryable: false, reason: "the object was replaced while mapped (its ETag no longer matches)", code: ErrorCode.STORE };
+  }
+  return { retryable: false, reason: describeError(error), code: ErrorCode.STORE };
+}
+
+/** A body that ended before the bytes its range promised: the connection broke, so retry. */
+class ShortBodyError extends Error {}
+
+interface Chunk {
+  readonly index: number;
+  readonly byteLength: number;
+  /** Settles with the chunk's bytes; never rejects unhandled (see #startChunk). */
+  readonly bytes: Promise<Uint8Array>;
+  /** Bytes of it already handed to reads: at byteLength, every byte was read once. */
+  deliveredBytes: number;
+  settled: boolean;
+  lastUse: number;
+}
+
+/** Counters of one instance (one worker thread's view). */
+export interface S3RangeStats {
+  requests: number;
+  retries: number;
+  bytesFetched: number;
+  readAheadChunks: number;
+  chunkHits: number;
+}
+
+export class S3Range implements ByteRange {
+  readonly bucket: string;
+  readonly key: string;
+  readonly size: number;
+  readonly etag: string | undefined;
+  readonly chunkSize: number;
+  readonly concurrency: number;
+  readonly stats: S3RangeStats = { requests: 0, retries: 0, bytesFetched: 0, readAheadChunks: 0, chunkHits: 0 };
+  readonly #client: S3Client;
+  readonly #config: ReturnType<typeof resolveS3Config>;
+  readonly #label: string;
+  readonly #chunks = new Map<number, Chunk>();
+  #inFlight = 0;
+  /** Chunk fetches waiting for a free slot; demand fetches go first. */
+  readonly #waiting: Array<() => void> = [];
+  /** Last chunk a read ended in, for spotting sequential runs; -2 before any read. */
+  #lastChunkIndex = -2;
+  #useClock = 0;
+  #closed = false;
+
+  private constructor(config: ReturnType<typeof resolveS3Config>, client: S3Client, size: number, etag: string | undefined, label: string) {
+    this.#config = config;
+    this.#client = client;
+    this.bucket = config.bucket;
+    this.key = config.key;
+    this.size = size;
+    this.etag = etag;
+    this.chunkSize = config.chunkSize;
+    this.concurrency = config.concurrency;
+    this.#label = label;
+  }
+
+  /** "s3://bucket/key at http://127.0.0.1:9000/" (never with credentials). */
+  static labelFor(config: Pick<S3RangeConfig, "bucket" | "key" | "endpoint">): string {
+    return `s3://${config.bucket}/${config.key}${config.endpoint ? ` at ${redactUrl(config.endpoint)}` : ""}`;
+  }
+
+  get label(): string {
+    return this.#label;
+  }
+
+  /**
+   * Opens the object: checks the options, then learns its size and ETag with HeadObject unless
+   * the config carries them. Errors: ERR_UMAP_INVALID_ARGUMENT (options), ERR_UMAP_NOT_FOUND
+   * (no such bucket or object), ERR_UMAP_STORE (access denied, unreachable endpoint, ...).
+   */
+  static async open(config: S3RangeConfig, what = "S3"): Promise<S3Range> {
+    const resolved = resolveS3Config(config, `${what} ${S3Range.labelFor(config)}`);
+    const label = `${what} ${S3Range.labelFor(resolved)}`;
+    const client = new S3Client(clientConfig(resolved));
+    let range: S3Range;
+    if (resolved.size !== undefined) {
+      range = new S3Range(resolved, client, resolved.size, resolved.etag, label);
+    } else {
+      const probe = new S3Range(resolved, client, 0, undefined, label);
+      try {
+        const head = await probe.#withRetries("HeadObject", (signal) =>
+          client.send(new HeadObjectCommand({ Bucket: resolved.bucket, Key: resolved.key }), { abortSignal: signal }),
+        );
+        const size = head.ContentLength;
+        if (size === undefined || !Number.isSafeInteger(size) || size < 0) {
+          throw new UmapError(ErrorCode.STORE, `${label}: HeadObject gave no usable size (${String(size)})`);
+        }
+        range = new S3Range(resolved, client, size, head.ETag, label);
+      } catch (error) {
+        client.destroy();
+        if (error instanceof UmapError && error.code === ErrorCode.NOT_FOUND) throw await probe.#whichIsMissing(error);
+        throw error;
+      }
+      range.stats.requests = probe.stats.requests;
+      range.stats.retries = probe.stats.retries;
+    }
+    return range;
+  }
+
+  /** HeadObject's 404 has no body: ask for the bucket to say which of the two is missing. */
+  async #whichIsMissing(error: UmapError): Promise<UmapError> {
+    try {
+      await this.#client.send(new HeadBucketCommand({ Bucket: this.bucket }), {
+        abortSignal: AbortSignal.timeout(this.#config.requestTimeoutMs),
+      });
+    } catch (bucketError) {
+      const failure = classify(bucketError);
+      if (failure.code === ErrorCode.NOT_FOUND) {
+        return new UmapError(ErrorCode.NOT_FOUND, `${this.#label}: no such bucket ${JSON.stringify(this.bucket)}`, { cause: error.cause });
+      }
+    } finally {
+      this.#client.destroy();
+    }
+    return new UmapError(ErrorCode.NOT_FOUND, `${this.#label}: no such object (bucket ${JSON.stringify(this.bucket)} has no key ${JSON.stringify(this.key)})`, {
+      cause: error.cause,
+    });
+  }
+
+  /** The config a copy of this range in another thread opens without HeadObject. */
+  pinnedConfig(): S3RangeConfig {
+    const { bucket, key, endpoint, region, credentials, forcePathStyle, chunkSize, concurrency } = this.#config;
+    const { connectTimeoutMs, requestTimeoutMs, maxAttempts, retryTimeMs } = this.#config;
+    const config: S3RangeConfig = { bucket, key, size: this.size, chunkSize, concurrency, connectTimeoutMs, requestTimeoutMs, maxAttempts, retryTimeMs };
+    if (this.etag !== undefined) config.etag = this.etag;
+    if (endpoint !== undefined) config.endpoint = endpoint;
+    if (region !== undefined) config.region = region;
+    if (credentials !== undefined) config.credentials = credentials;
+    if (forcePathStyle !== undefined) config.forcePathStyle = forcePathStyle;
+    return config;
+  }
+
+  async read(byteOffset: number, target: Uint8Array): Promise<void> {
+    if (this.#closed) throw new UmapError(ErrorCode.CLOSED, `${this.#label}: closed`);
+    if (!Number.isSafeInteger(byteOffset) || byteOffset < 0 || byteOffset + target.length > this.size) {
+      throw new UmapError(
+        ErrorCode.INVALID_ARGUMENT,
+        `${this.#label}: read of ${target.length} bytes at byte offset ${byteOffset} is outside the object (${this.size} bytes)`,
+      );
+    }
+    if (target.length === 0) return;
+    const firstIndex = Math.floor(byteOffset / this.chunkSize);
+    const lastIndex = Math.floor((byteOffset + target.length - 1) / this.chunkSize);
+    const chunks: Chunk[] = [];
+    for (let index = firstIndex; index <= lastIndex; index++) chunks.push(this.#chunk(index));
+    // A read in the chunk the last one ended in, or the next, continues a run: fetch ahead.
+    if (firstIndex === this.#lastChunkIndex || firstIndex === this.#lastChunkIndex + 1 || (firstIndex === 0 && this.#lastChunkIndex === -2)) {
+      this.#readAhead(lastIndex);
+    }
+    this.#lastChunkIndex = lastIndex;
+    for (const chunk of chunks) {
+      const bytes = await chunk.bytes;
+      if (bytes.length !== chunk.byteLength) {
+        // The fetch failed: #startChunk resolved with an empty array and recorded why.
+        throw this.#chunkErrors.get(chunk) ?? new UmapError(ErrorCode.STORE, `${this.#label}: chunk ${chunk.index} failed`);
+      }
+      const chunkStart = chunk.index * this.chunkSize;
+      const from = Math.max(byteOffset, chunkStart);
+      const to = Math.min(byteOffset + target.length, chunkStart + chunk.byteLength);
+      target.set(bytes.subarray(from - chunkStart, to - chunkStart), from - byteOffset);
+      chunk.deliveredBytes += to - from;
+      // Every byte of the chunk has been read once: its pages are filled, so let it go.
+      if (chunk.deliveredBytes >= chunk.byteLength && this.#chunks.get(chunk.index) === chunk) this.#chunks.delete(chunk.index);
+    }
+  }
+
+  /** Why each failed chunk failed (kept off the promise, so unawaited read-ahead never rejects). */
+  readonly #chunkErrors = new WeakMap<Chunk, unknown>();
+
+  /** The cached or in-flight chunk, or a new demand fetch of it. */
+  #chunk(index: number): Chunk {
+    const known = this.#chunks.get(index);
+    if (known) {
+      this.stats.chunkHits++;
+      known.lastUse = ++this.#useClock;
+      return known;
+    }
+    this.#makeRoom(1);
+    return this.#startChunk(index, true);
+  }
+
+  /** Starts fetches of the chunks after lastIndex while GET slots and cache room are free. */
+  #readAhead(lastIndex: number): void {
+    const chunkCount = Math.ceil(this.size / this.chunkSize);
+    const cacheMax = this.concurrency + CACHE_CHUNKS_EXTRA;
+    for (let index = lastIndex + 1; index < chunkCount && index <= lastIndex + this.concurrency; index++) {
+      if (this.#chunks.has(index)) continue;
+      if (this.#inFlight + this.#waiting.length >= this.concurrency) break;
+      if (this.#chunks.size >= cacheMax && !this.#makeRoom(1)) break;
+      this.stats.readAheadChunks++;
+      this.#startChunk(index, false);
+    }
+  }
+
+  /** Drops least recently used settled chunks until `count` more fit; false if it cannot. */
+  #makeRoom(count: number): boolean {
+    const cacheMax = this.concurrency + CACHE_CHUNKS_EXTRA;
+    while (this.#chunks.size + count > cacheMax) {
+      let oldest: Chunk | undefined;
+      for (const chunk of this.#chunks.values()) {
+        if (chunk.settled && (!oldest || chunk.lastUse < oldest.lastUse)) oldest = chunk;
+      }
+      if (!oldest) return false;
+      this.#chunks.delete(oldest.index);
+    }
+    return true;
+  }
+
+  #startChunk(index: number, demand: boolean): Chunk {
+    const chunkStart = index * this.chunkSize;
+    const byteLength = Math.min(this.chunkSize, this.size - chunkStart);
+    let chunk: Chunk;
+    const bytes = (async () => {
+      await this.#acquireSlot(demand);
+      try {
+        const target = new Uint8Array(byteLength);
+        await this.#withRetries(`GetObject bytes ${chunkStart}-${chunkStart + byteLength - 1}`, (signal) =>
+          this.#getRange(chunkStart, target, signal),
+        );
+        return target;
+      } finally {
+        this.#releaseSlot();
+      }
+    })().then(
+      (target) => {
+        chunk.settled = true;
+        return target;
+      },
+      (error: unknown) => {
+        // A failed chunk is forgotten, so the next read of it tries again.
+        chunk.settled = true;
+        this.#chunkErrors.set(chunk, error);
+        if (this.#chunks.get(index) === chunk) this.#chunks.delete(index);
+        return new Uint8Array(0);
+      },
+    );
+    chunk = { index, byteLength, bytes, deliveredBytes: 0, settled: false, lastUse: ++this.#useClock };
+    this.#chunks.set(index, chunk);
+    return chunk;
+  }
+
+  #acquireSlot(demand: boolean): Promise<void> {
+    if (this.#inFlight < this.concurrency) {
+      this.#inFlight++;
+      return Promise.resolve();
+    }
+    return new Promise<void>((resolve) => {
+      const start = () => {
+        this.#inFlight++;
+        resolve();
+      };
+      if (demand) this.#waiting.unshift(start);
+      else this.#waiting.push(start);
+    });
+  }
+
+  #releaseSlot(): void {
+    this.#inFlight--;
+    this.#waiting.shift()?.();
+  }
+
+  /** One ranged GET into target (one attempt). */
+  async #getRange(byteOffset: number, target: Uint8Array, signal: AbortSignal): Promise<void> {
+    const last = byteOffset + target.length - 1;
+    const response = await this.#client.send(
+      new GetObjectCommand({
+        Bucket: this.bucket,
+        Key: this.key,
+        Range: `bytes=${byteOffset}-${last}`,
+        ...(this.etag ? { IfMatch: this.etag } : {}),
+      }),
+      { abortSignal: signal },
+    );
+    // Servers that ignore If-Match still send the ETag of what they serve: check it too.
+    if (this.etag && response.ETag && response.ETag !== this.etag) {
+      (response.Body as { destroy?: () => void } | undefined)?.destroy?.();
+      throw new UmapError(
+        ErrorCode.STORE,
+        `${this.#label}: the object was replaced while mapped (ETag ${this.etag} when opened, ${response.ETag} now)`,
+      );
+    }
+    const body = response.Body as AsyncIterable<Uint8Array> | undefined;
+    if (!body) throw new ShortBodyError(`${this.#label}: GetObject returned no body`);
+    let done = 0;
+    for await (const part of body) {
+      if (done + part.length > target.length) {
+        throw new UmapError(ErrorCode.STORE, `${this.#label}: GetObject of bytes ${byteOffset}-${last} returned more than ${target.length} bytes`);
+      }
+      target.set(part, done);
+      done += part.length;
+    }
+    if (done !== target.length) {
+      throw new ShortBodyError(`${this.#label}: GetObject of bytes ${byteOffset}-${last} ended after ${done} of ${target.length} bytes`);
+    }
+    this.stats.bytesFetched += done;
+  }
+
+  /**
+   * Runs one request with retries: retryable failures (throttling, 5xx, resets, timeouts, short
+   * bodies) back off exponentially with full jitter, up to maxAttempts and retryTimeMs; others
+   * fail at once. Throws a UmapError naming the object, the request and the last reason.
+   */
+  async #withRetries<T>(what: string, attempt: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    const startedMs = performance.now();
+    for (let attemptIndex = 0; ; attemptIndex++) {
+      this.stats.requests++;
+      try {
+        return await attempt(AbortSignal.timeout(this.#config.requestTimeoutMs));
+      } catch (error) {
+        const failure = classify(error);
+        const elapsedMs = performance.now() - startedMs;
+        const delayMs = Math.random() * Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** attemptIndex);
+        const attempts = attemptIndex + 1;
+        if (!failure.retryable || attempts >= this.#config.maxAttempts || elapsedMs + delayMs > this.#config.retryTimeMs || this.#closed) {
+          if (error instanceof UmapError) throw error;
+          const tries = attempts > 1 ? ` after ${attempts} attempts in ${Math.round(elapsedMs)} ms` : "";
+          throw new UmapError(failure.code, `${this.#label}: ${what} failed${tries}: ${failure.reason}`, { cause: error });
+        }
+        this.stats.retries++;
+        await Bun.sleep(delayMs);
+      }
+    }
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#chunks.clear();
+    this.#client.destroy();
+  }
+}
+
+function clientConfig(config: ReturnType<typeof resolveS3Config>): S3ClientConfig {
+  const client: S3ClientConfig = {
+    // Retries are ours (bounded in time as well as count, and counted): the SDK makes one attempt.
+    maxAttempts: 1,
+    requestHandler: { connectionTimeout: config.connectTimeoutMs, requestTimeout: config.requestTimeoutMs },
+  };
+  if (config.endpoint !== undefined) {
+    client.endpoint = config.endpoint;
+    client.forcePathStyle = config.forcePathStyle ?? true;
+    client.region = config.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? "us-east-1";
+  } else {
+    if (config.region !== undefined) client.region = config.region;
+    if (config.forcePathStyle !== undefined) client.forcePathStyle = config.forcePathStyle;
+  }
+  if (config.credentials !== undefined) client.credentials = { ...config.credentials };
+  return client;
+}
