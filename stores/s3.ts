@@ -28,7 +28,7 @@ export interface S3StoreOptions extends S3Options {
  * instance from the descriptor's own `options` object, so the descriptor finds the pinned size
  * and ETag here when umap() serializes it for the workers (see toJSON).
  */
-const pinnedByOptions = new WeakMap<object, { size: number; etag: string | undefined }>();
+const pinnedByOptions = new WeakMap<object, S3RangeConfig>();
 
 export default class S3Store implements StoreDescriptor, StoreInstance {
   /** This module: descriptors that name it build an S3Store. */
@@ -60,8 +60,8 @@ export default class S3Store implements StoreDescriptor, StoreInstance {
   /** Bytes; known once opened (umap() opens it). */
   get size(): number {
     if (this.#range) return this.#range.size;
-    const pinned = pinnedByOptions.get(this.options) ?? (this.options.size === undefined ? undefined : { size: this.options.size });
-    if (pinned) return pinned.size;
+    const size = pinnedByOptions.get(this.options)?.size ?? this.options.size;
+    if (size !== undefined) return size;
     throw new UmapError(ErrorCode.INVALID_ARGUMENT, `${this.label}: size is known once the store is opened (await store.open(), or pass it to umap())`);
   }
 
@@ -74,7 +74,7 @@ export default class S3Store implements StoreDescriptor, StoreInstance {
   open(): Promise<void> {
     this.#opening ??= (async () => {
       this.#range = await S3Range.open(this.options, "S3Store");
-      pinnedByOptions.set(this.options, { size: this.#range.size, etag: this.#range.etag });
+      pinnedByOptions.set(this.options, this.#range.pinnedConfig());
     })();
     return this.#opening;
   }
@@ -84,18 +84,18 @@ export default class S3Store implements StoreDescriptor, StoreInstance {
     await this.#range!.read(byteOffset, target);
   }
 
-  close(): void {
-    this.#range?.close();
+  async close(): Promise<void> {
+    await this.#range?.close();
+  }
+
+  /** Settles when this instance's read-ahead fetches have; undefined if it has none in flight. */
+  pending(): Promise<void> | undefined {
+    return this.#range?.pending();
   }
 
   /** The descriptor as workers get it: with the size and ETag pinned where they are known. */
   toJSON(): StoreDescriptor {
-    const pinned = this.#range ? { size: this.#range.size, etag: this.#range.etag } : pinnedByOptions.get(this.options);
-    const options: S3RangeConfig = { ...this.options };
-    if (pinned) {
-      options.size = pinned.size;
-      if (pinned.etag !== undefined) options.etag = pinned.etag;
-    }
+    const options = this.#range?.pinnedConfig() ?? pinnedByOptions.get(this.options) ?? { ...this.options };
     return { module: this.module, options };
   }
 }

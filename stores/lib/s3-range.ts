@@ -15,9 +15,11 @@
  * Credentials never appear in messages: labels and errors name the bucket, key and endpoint
  * host only.
  */
+import { isMainThread } from "node:worker_threads";
 import { GetObjectCommand, HeadBucketCommand, HeadObjectCommand, S3Client, type S3ClientConfig } from "@aws-sdk/client-s3";
 import { ErrorCode, UmapError, describeError, describeValue, invalidArgument } from "../../src/errors.ts";
 import { checkBucket, checkKey } from "./s3-location.ts";
+import { SharedChunks, SHARED_SLOTS_MAX } from "./shared-chunks.ts";
 
 /** The shape every byte-range source has (a local file, an S3 object). */
 export interface ByteRange {
@@ -70,6 +72,11 @@ export interface S3RangeConfig extends S3Options {
   size?: number;
   /** ETag, as HeadObject gave it where the object was first opened. */
   etag?: string;
+  /**
+   * Internal: the address of the chunk table of the instance that first opened the object, for
+   * the fill workers to share (see shared-chunks.ts). Accepted only in worker threads.
+   */
+  sharedChunks?: number;
 }
 
 export const S3_DEFAULTS = {
@@ -89,8 +96,12 @@ const TIMEOUT_MS_MAX = 10 * 60_000;
 /** First backoff ceiling; doubles per attempt up to BACKOFF_CAP_MS (full jitter below it). */
 const BACKOFF_BASE_MS = 50;
 const BACKOFF_CAP_MS = 2_000;
-/** Chunks kept per instance beyond those in flight: bounds memory when reads do not cover chunks. */
-const CACHE_CHUNKS_EXTRA = 2;
+/** Chunks the shared table holds per GET allowed in flight: room to fetch ahead while others are read. */
+const TABLE_SLOTS_PER_REQUEST = 2;
+/** Extra slots for demand fetches of chunks the read-ahead did not foresee. */
+const TABLE_SLOTS_EXTRA = 4;
+/** How often a read waiting for another thread's fetch of its chunk looks again. */
+const SHARED_POLL_MS = 1;
 
 const OPTION_NAMES = new Set([
   "bucket",
@@ -107,10 +118,14 @@ const OPTION_NAMES = new Set([
   "requestTimeoutMs",
   "maxAttempts",
   "retryTimeMs",
+  "sharedChunks",
 ]);
 
 /** Checks options and fills in defaults; throws ERR_UMAP_INVALID_ARGUMENT naming the option. */
-export function resolveS3Config(config: S3RangeConfig, what: string): Required<Omit<S3RangeConfig, "size" | "etag" | "endpoint" | "region" | "credentials" | "forcePathStyle">> & S3RangeConfig {
+/** Options with every default filled in. */
+export type ResolvedS3Config = S3RangeConfig & Required<Pick<S3RangeConfig, keyof typeof S3_DEFAULTS>>;
+
+export function resolveS3Config(config: S3RangeConfig, what: string): ResolvedS3Config {
   if (typeof config !== "object" || config === null) invalidArgument(`${what}: options must be an object with bucket and key, got ${describeValue(config)}`);
   for (const name of Object.keys(config)) {
     if (!OPTION_NAMES.has(name)) invalidArgument(`${what}: unknown option ${JSON.stringify(name)}`);
@@ -160,6 +175,10 @@ export function resolveS3Config(config: S3RangeConfig, what: string): Required<O
     invalidArgument(`${what}: size must be a whole number of bytes, got ${describeValue(config.size)}`);
   }
   if (config.etag !== undefined && typeof config.etag !== "string") invalidArgument(`${what}: etag must be a string`);
+  if (config.sharedChunks !== undefined && (isMainThread || !Number.isSafeInteger(config.sharedChunks) || config.sharedChunks <= 0)) {
+    invalidArgument(`${what}: sharedChunks is set by umap() for its fill workers, not an option`);
+  }
+  if (chunkSize % 4096 !== 0) invalidArgument(`${what}: option chunkSize must be a multiple of 4096, got ${chunkSize}`);
   return { ...config, chunkSize, concurrency, connectTimeoutMs, requestTimeoutMs, maxAttempts, retryTimeMs };
 }
 
@@ -238,24 +257,16 @@ function classify(error: unknown): Failure {
 /** A body that ended before the bytes its range promised: the connection broke, so retry. */
 class ShortBodyError extends Error {}
 
-interface Chunk {
-  readonly index: number;
-  readonly byteLength: number;
-  /** Settles with the chunk's bytes; never rejects unhandled (see #startChunk). */
-  readonly bytes: Promise<Uint8Array>;
-  /** Bytes of it already handed to reads: at byteLength, every byte was read once. */
-  deliveredBytes: number;
-  settled: boolean;
-  lastUse: number;
-}
-
 /** Counters of one instance (one worker thread's view). */
 export interface S3RangeStats {
   requests: number;
   retries: number;
   bytesFetched: number;
   readAheadChunks: number;
+  /** Reads served by a chunk already in the table. */
   chunkHits: number;
+  /** Reads that waited for another thread's fetch of their chunk. */
+  sharedWaits: number;
 }
 
 export class S3Range implements ByteRange {
@@ -265,20 +276,31 @@ export class S3Range implements ByteRange {
   readonly etag: string | undefined;
   readonly chunkSize: number;
   readonly concurrency: number;
-  readonly stats: S3RangeStats = { requests: 0, retries: 0, bytesFetched: 0, readAheadChunks: 0, chunkHits: 0 };
+  readonly stats: S3RangeStats = { requests: 0, retries: 0, bytesFetched: 0, readAheadChunks: 0, chunkHits: 0, sharedWaits: 0 };
   readonly #client: S3Client;
-  readonly #config: ReturnType<typeof resolveS3Config>;
+  readonly #config: ResolvedS3Config;
   readonly #label: string;
-  readonly #chunks = new Map<number, Chunk>();
+  /** Chunks fetched and not yet read, shared with the other threads reading this object. */
+  readonly #table: SharedChunks | undefined;
+  /** GETs of chunks this instance has in flight. */
   #inFlight = 0;
-  /** Chunk fetches waiting for a free slot; demand fetches go first. */
-  readonly #waiting: Array<() => void> = [];
+  /** Read-ahead fetches not awaited by any read. */
+  readonly #background = new Set<Promise<void>>();
   /** Last chunk a read ended in, for spotting sequential runs; -2 before any read. */
   #lastChunkIndex = -2;
-  #useClock = 0;
   #closed = false;
+  /** Aborts every request when the range is closed. */
+  readonly #abort = new AbortController();
 
-  private constructor(config: ReturnType<typeof resolveS3Config>, client: S3Client, size: number, etag: string | undefined, label: string) {
+  private constructor(
+    config: ResolvedS3Config,
+    client: S3Client,
+    size: number,
+    etag: string | undefined,
+    label: string,
+    table: SharedChunks | undefined,
+  ) {
+    this.#table = table;
     this.#config = config;
     this.#client = client;
     this.bucket = config.bucket;
@@ -310,9 +332,10 @@ export class S3Range implements ByteRange {
     const client = new S3Client(clientConfig(resolved));
     let range: S3Range;
     if (resolved.size !== undefined) {
-      range = new S3Range(resolved, client, resolved.size, resolved.etag, label);
+      range = new S3Range(resolved, client, resolved.size, resolved.etag, label, S3Range.#tableFor(resolved));
     } else {
-      const probe = new S3Range(resolved, client, 0, undefined, label);
+      // Only for HeadObject: it reads nothing, so it needs no chunk table.
+      const probe = new S3Range(resolved, client, 0, undefined, label, undefined);
       try {
         const head = await probe.#withRetries("HeadObject", (signal) =>
           client.send(new HeadObjectCommand({ Bucket: resolved.bucket, Key: resolved.key }), { abortSignal: signal }),
@@ -321,7 +344,7 @@ export class S3Range implements ByteRange {
         if (size === undefined || !Number.isSafeInteger(size) || size < 0) {
           throw new UmapError(ErrorCode.STORE, `${label}: HeadObject gave no usable size (${String(size)})`);
         }
-        range = new S3Range(resolved, client, size, head.ETag, label);
+        range = new S3Range(resolved, client, size, head.ETag, label, S3Range.#tableFor(resolved));
       } catch (error) {
         client.destroy();
         if (error instanceof UmapError && error.code === ErrorCode.NOT_FOUND) throw await probe.#whichIsMissing(error);
@@ -331,6 +354,17 @@ export class S3Range implements ByteRange {
       range.stats.retries = probe.stats.retries;
     }
     return range;
+  }
+
+  /** The table a worker shares with the instance that opened the object, or a new one. */
+  static #tableFor(config: ResolvedS3Config): SharedChunks {
+    if (config.sharedChunks !== undefined) return SharedChunks.attach(config.sharedChunks);
+    const slotCount = Math.min(SHARED_SLOTS_MAX, config.concurrency * TABLE_SLOTS_PER_REQUEST + TABLE_SLOTS_EXTRA);
+    const table = SharedChunks.create(slotCount, config.chunkSize);
+    if (!table) {
+      throw new UmapError(ErrorCode.STORE, `${S3Range.labelFor(config)}: cannot allocate ${slotCount} chunks of ${config.chunkSize} bytes`);
+    }
+    return table;
   }
 
   /** HeadObject's 404 has no body: ask for the bucket to say which of the two is missing. */
@@ -358,6 +392,7 @@ export class S3Range implements ByteRange {
     const { connectTimeoutMs, requestTimeoutMs, maxAttempts, retryTimeMs } = this.#config;
     const config: S3RangeConfig = { bucket, key, size: this.size, chunkSize, concurrency, connectTimeoutMs, requestTimeoutMs, maxAttempts, retryTimeMs };
     if (this.etag !== undefined) config.etag = this.etag;
+    if (this.#table) config.sharedChunks = this.#table.address;
     if (endpoint !== undefined) config.endpoint = endpoint;
     if (region !== undefined) config.region = region;
     if (credentials !== undefined) config.credentials = credentials;
@@ -376,122 +411,100 @@ export class S3Range implements ByteRange {
     if (target.length === 0) return;
     const firstIndex = Math.floor(byteOffset / this.chunkSize);
     const lastIndex = Math.floor((byteOffset + target.length - 1) / this.chunkSize);
-    const chunks: Chunk[] = [];
-    for (let index = firstIndex; index <= lastIndex; index++) chunks.push(this.#chunk(index));
     // A read in the chunk the last one ended in, or the next, continues a run: fetch ahead.
-    if (firstIndex === this.#lastChunkIndex || firstIndex === this.#lastChunkIndex + 1 || (firstIndex === 0 && this.#lastChunkIndex === -2)) {
-      this.#readAhead(lastIndex);
-    }
+    const sequential = firstIndex === this.#lastChunkIndex || firstIndex === this.#lastChunkIndex + 1 || (firstIndex === 0 && this.#lastChunkIndex === -2);
     this.#lastChunkIndex = lastIndex;
-    for (const chunk of chunks) {
-      const bytes = await chunk.bytes;
-      if (bytes.length !== chunk.byteLength) {
-        // The fetch failed: #startChunk resolved with an empty array and recorded why.
-        throw this.#chunkErrors.get(chunk) ?? new UmapError(ErrorCode.STORE, `${this.#label}: chunk ${chunk.index} failed`);
-      }
-      const chunkStart = chunk.index * this.chunkSize;
-      const from = Math.max(byteOffset, chunkStart);
-      const to = Math.min(byteOffset + target.length, chunkStart + chunk.byteLength);
-      target.set(bytes.subarray(from - chunkStart, to - chunkStart), from - byteOffset);
-      chunk.deliveredBytes += to - from;
-      // Every byte of the chunk has been read once: its pages are filled, so let it go.
-      if (chunk.deliveredBytes >= chunk.byteLength && this.#chunks.get(chunk.index) === chunk) this.#chunks.delete(chunk.index);
-    }
+    const reads: Promise<void>[] = [];
+    for (let index = firstIndex; index <= lastIndex; index++) reads.push(this.#readFromChunk(index, byteOffset, target));
+    if (sequential) this.#readAhead(lastIndex);
+    const results = await Promise.allSettled(reads);
+    for (const result of results) if (result.status === "rejected") throw result.reason;
   }
 
-  /** Why each failed chunk failed (kept off the promise, so unawaited read-ahead never rejects). */
-  readonly #chunkErrors = new WeakMap<Chunk, unknown>();
-
-  /** The cached or in-flight chunk, or a new demand fetch of it. */
-  #chunk(index: number): Chunk {
-    const known = this.#chunks.get(index);
-    if (known) {
-      this.stats.chunkHits++;
-      known.lastUse = ++this.#useClock;
-      return known;
-    }
-    this.#makeRoom(1);
-    return this.#startChunk(index, true);
-  }
-
-  /** Starts fetches of the chunks after lastIndex while GET slots and cache room are free. */
-  #readAhead(lastIndex: number): void {
-    const chunkCount = Math.ceil(this.size / this.chunkSize);
-    const cacheMax = this.concurrency + CACHE_CHUNKS_EXTRA;
-    for (let index = lastIndex + 1; index < chunkCount && index <= lastIndex + this.concurrency; index++) {
-      if (this.#chunks.has(index)) continue;
-      if (this.#inFlight + this.#waiting.length >= this.concurrency) break;
-      if (this.#chunks.size >= cacheMax && !this.#makeRoom(1)) break;
-      this.stats.readAheadChunks++;
-      this.#startChunk(index, false);
-    }
-  }
-
-  /** Drops least recently used settled chunks until `count` more fit; false if it cannot. */
-  #makeRoom(count: number): boolean {
-    const cacheMax = this.concurrency + CACHE_CHUNKS_EXTRA;
-    while (this.#chunks.size + count > cacheMax) {
-      let oldest: Chunk | undefined;
-      for (const chunk of this.#chunks.values()) {
-        if (chunk.settled && (!oldest || chunk.lastUse < oldest.lastUse)) oldest = chunk;
-      }
-      if (!oldest) return false;
-      this.#chunks.delete(oldest.index);
-    }
-    return true;
-  }
-
-  #startChunk(index: number, demand: boolean): Chunk {
+  /** Copies the part of target that lies in chunk `index`, from the table or a fetch of it. */
+  async #readFromChunk(index: number, byteOffset: number, target: Uint8Array): Promise<void> {
     const chunkStart = index * this.chunkSize;
     const byteLength = Math.min(this.chunkSize, this.size - chunkStart);
-    let chunk: Chunk;
-    const bytes = (async () => {
-      await this.#acquireSlot(demand);
-      try {
-        const target = new Uint8Array(byteLength);
-        await this.#withRetries(`GetObject bytes ${chunkStart}-${chunkStart + byteLength - 1}`, (signal) =>
-          this.#getRange(chunkStart, target, signal),
-        );
-        return target;
-      } finally {
-        this.#releaseSlot();
+    const from = Math.max(byteOffset, chunkStart);
+    const to = Math.min(byteOffset + target.length, chunkStart + byteLength);
+    const copy = (bytes: Uint8Array) => target.set(bytes.subarray(from - chunkStart, to - chunkStart), from - byteOffset);
+    // Another thread fetching the chunk may fail or stall: wait for it at most this long.
+    const waitUntilMs = performance.now() + this.#config.requestTimeoutMs + this.#config.retryTimeMs;
+    let waited = false;
+    for (;;) {
+      const found = this.#table!.lookup(index, byteLength, "always", this.concurrency);
+      if (found.kind === "ready") {
+        if (waited) this.stats.sharedWaits++;
+        else this.stats.chunkHits++;
+        try {
+          copy(found.bytes);
+        } finally {
+          this.#table!.delivered(found.slot, to - from);
+        }
+        return;
       }
-    })().then(
-      (target) => {
-        chunk.settled = true;
-        return target;
-      },
-      (error: unknown) => {
-        // A failed chunk is forgotten, so the next read of it tries again.
-        chunk.settled = true;
-        this.#chunkErrors.set(chunk, error);
-        if (this.#chunks.get(index) === chunk) this.#chunks.delete(index);
-        return new Uint8Array(0);
-      },
-    );
-    chunk = { index, byteLength, bytes, deliveredBytes: 0, settled: false, lastUse: ++this.#useClock };
-    this.#chunks.set(index, chunk);
-    return chunk;
-  }
-
-  #acquireSlot(demand: boolean): Promise<void> {
-    if (this.#inFlight < this.concurrency) {
-      this.#inFlight++;
-      return Promise.resolve();
+      if (found.kind === "claimed") {
+        await this.#fetchIntoSlot(found.slot, found.bytes, chunkStart, true);
+        try {
+          copy(found.bytes);
+        } finally {
+          this.#table!.delivered(found.slot, to - from);
+        }
+        return;
+      }
+      if (found.kind === "full" || performance.now() > waitUntilMs) {
+        // No room in the table (every slot being fetched or read), or the fetching thread is
+        // stuck: fetch just this part, privately.
+        const bytes = new Uint8Array(to - from);
+        await this.#withRetries(`GetObject bytes ${from}-${to - 1}`, (signal) => this.#getRange(from, bytes, signal));
+        target.set(bytes, from - byteOffset);
+        return;
+      }
+      waited = true;
+      await Bun.sleep(SHARED_POLL_MS);
     }
-    return new Promise<void>((resolve) => {
-      const start = () => {
-        this.#inFlight++;
-        resolve();
-      };
-      if (demand) this.#waiting.unshift(start);
-      else this.#waiting.push(start);
-    });
   }
 
-  #releaseSlot(): void {
-    this.#inFlight--;
-    this.#waiting.shift()?.();
+  /** Fetches a claimed slot's chunk; the slot is READY (pinned for the caller if `pin`) or freed. */
+  async #fetchIntoSlot(slot: number, bytes: Uint8Array, chunkStart: number, pin: boolean): Promise<void> {
+    this.#inFlight++;
+    try {
+      await this.#withRetries(`GetObject bytes ${chunkStart}-${chunkStart + bytes.length - 1}`, (signal) => this.#getRange(chunkStart, bytes, signal));
+    } catch (error) {
+      this.#table!.failed(slot);
+      throw error;
+    } finally {
+      this.#inFlight--;
+    }
+    this.#table!.fetched(slot, pin);
+  }
+
+  /** Claims and starts fetches of the chunks after lastIndex while fewer than `concurrency` are in flight. */
+  #readAhead(lastIndex: number): void {
+    const chunkCount = Math.ceil(this.size / this.chunkSize);
+    for (let index = lastIndex + 1; index < chunkCount && index <= lastIndex + this.concurrency; index++) {
+      const chunkStart = index * this.chunkSize;
+      const byteLength = Math.min(this.chunkSize, this.size - chunkStart);
+      const found = this.#table!.lookup(index, byteLength, "if-idle", this.concurrency);
+      if (found.kind === "ready") {
+        this.#table!.delivered(found.slot, 0); // only looked: unpin
+        continue;
+      }
+      if (found.kind === "fetching") continue;
+      if (found.kind === "full") break;
+      this.stats.readAheadChunks++;
+      const fetch = this.#fetchIntoSlot(found.slot, found.bytes, chunkStart, false).catch(() => {
+        // A read that needs this chunk fetches it again and reports its own error.
+      });
+      this.#background.add(fetch);
+      void fetch.finally(() => this.#background.delete(fetch));
+    }
+  }
+
+  /** Settles when the read-ahead fetches started so far have; undefined if there are none. */
+  pending(): Promise<void> | undefined {
+    if (this.#background.size === 0) return undefined;
+    return Promise.allSettled([...this.#background]).then(() => {});
   }
 
   /** One ranged GET into target (one attempt). */
@@ -540,7 +553,7 @@ export class S3Range implements ByteRange {
     for (let attemptIndex = 0; ; attemptIndex++) {
       this.stats.requests++;
       try {
-        return await attempt(AbortSignal.timeout(this.#config.requestTimeoutMs));
+        return await attempt(AbortSignal.any([AbortSignal.timeout(this.#config.requestTimeoutMs), this.#abort.signal]));
       } catch (error) {
         const failure = classify(error);
         const elapsedMs = performance.now() - startedMs;
@@ -557,15 +570,19 @@ export class S3Range implements ByteRange {
     }
   }
 
-  close(): void {
+  /** Stops fetching (requests in flight are aborted), then lets go of the chunk table. */
+  async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#chunks.clear();
+    this.#abort.abort();
+    // A fetch still running would write into the table: wait for each to stop first.
+    await Promise.allSettled([...this.#background]);
+    this.#table?.detach();
     this.#client.destroy();
   }
 }
 
-function clientConfig(config: ReturnType<typeof resolveS3Config>): S3ClientConfig {
+function clientConfig(config: ResolvedS3Config): S3ClientConfig {
   const client: S3ClientConfig = {
     // Retries are ours (bounded in time as well as count, and counted): the SDK makes one attempt.
     maxAttempts: 1,
