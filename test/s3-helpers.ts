@@ -5,7 +5,8 @@
  * process's end of its stdin closes, so a crashed test run leaves nothing behind).
  */
 import { CreateBucketCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import { tempDir } from "./helpers.ts";
 import type { S3Credentials } from "../src/index.ts";
 
@@ -70,12 +71,13 @@ async function startS3rver(bucket: string): Promise<S3Server | string> {
   if (!node) return "node is not on PATH";
   const dir = tempDir("bun-umap-s3rver-");
   const script = new URL("./fixtures/s3-server.mjs", import.meta.url).pathname;
-  const child = Bun.spawn([node, script, dir.path], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+  // Its stderr is not a pipe for the reason given in startMoto; s3rver runs silent anyway.
+  const child = Bun.spawn([node, script, dir.path], { stdin: "pipe", stdout: "pipe", stderr: "inherit" });
   const line = await firstLine(child.stdout, START_TIMEOUT_MS, /^\{.*\}$/);
   if (!line) {
     child.kill();
     dir.remove();
-    return `did not start within ${START_TIMEOUT_MS} ms: ${(await Promise.race([new Response(child.stderr).text(), Bun.sleep(500).then(() => "")])).slice(0, 500)}`;
+    return `did not start within ${START_TIMEOUT_MS} ms (its errors are on stderr above)`;
   }
   const { port } = JSON.parse(line) as { port: number };
   const endpoint = `http://127.0.0.1:${port}`;
@@ -90,18 +92,30 @@ async function startS3rver(bucket: string): Promise<S3Server | string> {
 async function startMoto(bucket: string): Promise<S3Server | string> {
   const path = motoServerPath();
   if (!path) return "moto_server is not installed";
-  const child = Bun.spawn([path, "-H", "127.0.0.1", "-p", "0"], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
-  // Werkzeug prints where it listens on stderr.
-  const line = await firstLine(child.stderr, START_TIMEOUT_MS, /Running on http:\/\/127\.0\.0\.1:\d+/);
-  if (!line) {
+  // moto logs every request. Its log goes to a file, never to a pipe this process drains: while
+  // a test's main thread is parked in a page fault nothing drains a pipe, moto blocks writing to
+  // it once it is full, and the fill that parked the thread never gets its answer.
+  const dir = tempDir("bun-umap-moto-");
+  const logPath = join(dir.path, "moto.log");
+  const child = Bun.spawn([path, "-H", "127.0.0.1", "-p", "0"], { stdin: "ignore", stdout: Bun.file(logPath), stderr: Bun.file(logPath) });
+  // Werkzeug says where it listens.
+  const deadlineMs = performance.now() + START_TIMEOUT_MS;
+  let port: number | undefined;
+  while (port === undefined && performance.now() < deadlineMs && child.exitCode === null) {
+    await Bun.sleep(50);
+    const match = /Running on http:\/\/127\.0\.0\.1:(\d+)/.exec(existsSync(logPath) ? readFileSync(logPath, "utf8") : "");
+    if (match) port = Number(match[1]);
+  }
+  if (port === undefined) {
     child.kill();
+    dir.remove();
     return `did not start within ${START_TIMEOUT_MS} ms`;
   }
-  const port = Number(/127\.0\.0\.1:(\d+)/.exec(line)![1]);
   return finish("moto", `http://127.0.0.1:${port}`, MOTO_CREDENTIALS, bucket, async () => {
     child.kill();
     await Promise.race([child.exited, Bun.sleep(STOP_TIMEOUT_MS)]);
     child.kill(9);
+    dir.remove();
   });
 }
 
