@@ -5,4 +5,11 @@ export { UmapError, ErrorCode } from "./errors.ts";
 export type { UmapOptions } from "./options.ts";
 export { defineStore, type Store, type StoreDescriptor, type StoreInstance } from "./store.ts";
 export { FileStore, type FileStoreOptions } from "../stores/file.ts";
+export {
+  ShardedStore,
+  type ShardedCreateOptions,
+  type ShardedOpenOptions,
+  type ShardedConcatOptions,
+  type ShardedManifest,
+} from "../stores/sharded.ts";
 export { S3Store, type S3StoreOptions, type S3Options, type S3Credentials } from "../stores/s3.ts";

@@ -95,6 +95,7 @@ export default class FileStore implements Store {
   }
 
   read(byteOffset: number, target: Uint8Array): void {
+    this.#checkOpen("read");
     let done = 0;
     while (done < target.length) {
       const got = readSync(this.#fd, target, done, target.length - done, this.offset + byteOffset + done);
@@ -109,6 +110,7 @@ export default class FileStore implements Store {
   }
 
   write(byteOffset: number, source: Uint8Array): void {
+    this.#checkOpen("write");
     if (!this.writable) throw new UmapError(ErrorCode.UNSUPPORTED, `FileStore ${this.path}: opened read-only`);
     let done = 0;
     while (done < source.length) {
@@ -117,7 +119,13 @@ export default class FileStore implements Store {
   }
 
   flush(): void {
+    this.#checkOpen("flush");
     if (this.writable) fsyncSync(this.#fd);
+  }
+
+  /** A closed store's descriptor number may already belong to another file: refuse, never guess. */
+  #checkOpen(method: string): void {
+    if (this.#fd < 0) throw new UmapError(ErrorCode.CLOSED, `FileStore ${this.path} is closed: cannot use ${method}()`);
   }
 
   close(): void {
