@@ -9,6 +9,7 @@ import { S3Store, umap, UmapError } from "../src/index.ts";
 import { parseS3Location } from "../stores/lib/s3-location.ts";
 import { S3Range } from "../stores/lib/s3-range.ts";
 import { checkPattern, fillPattern, KiB, MiB, random } from "./helpers.ts";
+import { storeConformance } from "./conformance.ts";
 import { startS3Server, type S3Server, type S3ServerKind } from "./s3-helpers.ts";
 
 const OBJECT_BYTES = 31 * MiB + 4321; // "a 31 MB real object", not a multiple of any page or chunk
@@ -300,3 +301,31 @@ function serverSuite(kind: S3ServerKind, started: S3Server | string): void {
 // Started while the file loads, so a server that cannot start skips its suite by name.
 serverSuite("s3rver", await startS3Server("s3rver"));
 serverSuite("moto", await startS3Server("moto"));
+
+// S3Store joins the store conformance suite, on a server of its own (s3rver, else moto).
+let conformanceServer: S3Server | undefined;
+let conformanceCount = 0;
+storeConformance(
+  "S3Store",
+  async () => {
+    const started = await startS3Server(undefined, "umap-conformance");
+    if (typeof started === "string") return started;
+    conformanceServer = started;
+    let lastKey = "";
+    const store = () => new S3Store({ bucket: started.bucket, key: lastKey, ...started.s3, chunkSize: 256 * KiB });
+    return {
+      writable: false,
+      async make(data) {
+        lastKey = `conformance/object-${conformanceCount++}.bin`;
+        await started.put(lastKey, data);
+        return store();
+      },
+      async reopen() {
+        return store();
+      },
+    };
+  },
+  async () => {
+    await conformanceServer?.stop();
+  },
+);

@@ -332,7 +332,7 @@ export class S3Range implements ByteRange {
     const client = new S3Client(clientConfig(resolved));
     let range: S3Range;
     if (resolved.size !== undefined) {
-      range = new S3Range(resolved, client, resolved.size, resolved.etag, label, S3Range.#tableFor(resolved));
+      range = new S3Range(resolved, client, resolved.size, resolved.etag, label, S3Range.#tableFor(resolved, resolved.size, resolved.etag));
     } else {
       // Only for HeadObject: it reads nothing, so it needs no chunk table.
       const probe = new S3Range(resolved, client, 0, undefined, label, undefined);
@@ -344,7 +344,7 @@ export class S3Range implements ByteRange {
         if (size === undefined || !Number.isSafeInteger(size) || size < 0) {
           throw new UmapError(ErrorCode.STORE, `${label}: HeadObject gave no usable size (${String(size)})`);
         }
-        range = new S3Range(resolved, client, size, head.ETag, label, S3Range.#tableFor(resolved));
+        range = new S3Range(resolved, client, size, head.ETag, label, S3Range.#tableFor(resolved, size, head.ETag));
       } catch (error) {
         client.destroy();
         if (error instanceof UmapError && error.code === ErrorCode.NOT_FOUND) throw await probe.#whichIsMissing(error);
@@ -357,10 +357,15 @@ export class S3Range implements ByteRange {
   }
 
   /** The table a worker shares with the instance that opened the object, or a new one. */
-  static #tableFor(config: ResolvedS3Config): SharedChunks {
-    if (config.sharedChunks !== undefined) return SharedChunks.attach(config.sharedChunks);
+  static #tableFor(config: ResolvedS3Config, size: number, etag: string | undefined): SharedChunks {
+    // Which version of which object the table caches: a table is shared only for the same one.
+    const identity = Bun.hash.crc32(`${config.endpoint ?? ""}\n${config.bucket}\n${config.key}\n${etag ?? ""}\n${size}`);
+    if (config.sharedChunks !== undefined) {
+      const shared = SharedChunks.attach(config.sharedChunks, identity, config.chunkSize);
+      if (shared) return shared;
+    }
     const slotCount = Math.min(SHARED_SLOTS_MAX, config.concurrency * TABLE_SLOTS_PER_REQUEST + TABLE_SLOTS_EXTRA);
-    const table = SharedChunks.create(slotCount, config.chunkSize);
+    const table = SharedChunks.create(slotCount, config.chunkSize, identity);
     if (!table) {
       throw new UmapError(ErrorCode.STORE, `${S3Range.labelFor(config)}: cannot allocate ${slotCount} chunks of ${config.chunkSize} bytes`);
     }

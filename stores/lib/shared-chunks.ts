@@ -26,6 +26,8 @@ const enum Header {
   SLOT_COUNT = 2,
   CLOCK = 3,
   CHUNK_SIZE_PAGES = 4,
+  /** A hash of what the table caches (an object's version), checked when a thread attaches. */
+  IDENTITY = 5,
   WORDS = 16,
 }
 const enum Field {
@@ -87,7 +89,7 @@ export class SharedChunks {
    * reference. Returns undefined if the memory cannot be had. Untouched slots cost no memory:
    * calloc of this size maps fresh zero pages.
    */
-  static create(slotCount: number, chunkSize: number): SharedChunks | undefined {
+  static create(slotCount: number, chunkSize: number, identity: number): SharedChunks | undefined {
     if (!(slotCount >= 1 && slotCount <= SHARED_SLOTS_MAX) || chunkSize % PAGE_BYTES !== 0) {
       throw new Error(`SharedChunks.create: bad geometry ${slotCount} x ${chunkSize}`);
     }
@@ -97,16 +99,20 @@ export class SharedChunks {
     const header = new Int32Array(toArrayBuffer(address as unknown as Pointer, 0, PAGE_BYTES));
     header[Header.SLOT_COUNT] = slotCount;
     header[Header.CHUNK_SIZE_PAGES] = chunkSize / PAGE_BYTES;
+    header[Header.IDENTITY] = identity | 0;
     Atomics.store(header, Header.REFS, 1);
     return new SharedChunks(address);
   }
 
   /**
    * Takes a reference to a table another thread created and still holds (a region's workers
-   * attach while serving its requests, before the main thread can let go).
+   * attach while serving its requests, before the main thread can let go). Returns undefined if
+   * the table caches something else than `identity` and `chunkSize` say (a different version of
+   * the object), so the caller makes its own rather than mixing versions.
    */
-  static attach(address: number): SharedChunks {
+  static attach(address: number, identity: number, chunkSize: number): SharedChunks | undefined {
     const table = new SharedChunks(address);
+    if (table.#words[Header.IDENTITY] !== (identity | 0) || table.chunkSize !== chunkSize) return undefined;
     const refs = Atomics.add(table.#words, Header.REFS, 1);
     if (refs <= 0) throw new Error(`SharedChunks.attach: table at ${address} was already freed`);
     return table;
