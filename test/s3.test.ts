@@ -8,6 +8,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { S3Store, umap, UmapError } from "../src/index.ts";
 import { parseS3Location } from "../stores/lib/s3-location.ts";
 import { S3Range } from "../stores/lib/s3-range.ts";
+import { SharedChunks } from "../stores/lib/shared-chunks.ts";
+import { join } from "node:path";
 import { checkPattern, fillPattern, KiB, MiB, random } from "./helpers.ts";
 import { storeConformance } from "./conformance.ts";
 import { startS3Server, type S3Server, type S3ServerKind } from "./s3-helpers.ts";
@@ -60,6 +62,39 @@ describe("s3:// locations", () => {
     const error = await umapError(() => parseS3Location(location));
     expect(error.code).toBe("ERR_UMAP_INVALID_ARGUMENT");
     expect(error.message).toContain(why);
+  });
+});
+
+describe("the chunk table fill workers share", () => {
+  test("claims, waits, pins and frees slots; refuses a different object version", () => {
+    const table = SharedChunks.create(2, 64 * KiB, 1234)!;
+    try {
+      const claimed = table.lookup(7, 1000, "always", 2);
+      expect(claimed.kind).toBe("claimed");
+      if (claimed.kind !== "claimed") return;
+      claimed.bytes.fill(7);
+      // Another reader of chunk 7 waits for the fetch; read-ahead of 8 may claim the other slot.
+      expect(table.lookup(7, 1000, "always", 2).kind).toBe("fetching");
+      expect(table.lookup(8, 1000, "if-idle", 1).kind).toBe("full"); // one fetch in flight is the limit
+      table.fetched(claimed.slot, true);
+      const ready = table.lookup(7, 1000, "always", 2);
+      expect(ready.kind).toBe("ready");
+      if (ready.kind !== "ready") return;
+      expect(ready.bytes.length).toBe(1000);
+      expect(ready.bytes.every((byte) => byte === 7)).toBe(true);
+      // Two pins, 1000 bytes delivered in all: the slot is free only after both let go.
+      table.delivered(claimed.slot, 600);
+      table.delivered(ready.slot, 400);
+      expect(table.lookup(7, 1000, "never", 2).kind).toBe("full");
+      // Versions are kept apart: attaching with another identity or chunk size is refused.
+      expect(SharedChunks.attach(table.address, 4321, 64 * KiB)).toBeUndefined();
+      expect(SharedChunks.attach(table.address, 1234, 128 * KiB)).toBeUndefined();
+      const other = SharedChunks.attach(table.address, 1234, 64 * KiB)!;
+      expect(other.slotCount).toBe(2);
+      other.detach();
+    } finally {
+      table.detach();
+    }
   });
 });
 
@@ -281,6 +316,33 @@ function serverSuite(kind: S3ServerKind, started: S3Server | string): void {
       // The failure poisoned nothing: the same range fills once the server recovers.
       await region.prefetch(5 * MiB, 64 * KiB);
       expect(checkPattern(region.view(5 * MiB, 64 * KiB), 5 * MiB, region.pageSize)).toBeNull();
+    });
+
+    serverTest("a fill that fails for good: the access gets SIGBUS, stderr names store, offset and error", async (server) => {
+      // Concurrency 1: no read-ahead GET can take the injected failures before the fill's own.
+      await server.inject({ status: 503, count: 2, match: key, method: "GET" });
+      const script = `
+        import { umap, S3Store } from "./src/index.ts";
+        const store = new S3Store(${JSON.stringify(options(server, { chunkSize: 64 * KiB, maxAttempts: 2, concurrency: 1 }))});
+        const region = await umap(store, { pageSize: 65536, bufferSize: 1 << 20, readAhead: 0 });
+        console.log("mapped", region.byteLength);
+        console.log("after", region.bytes[5]);
+      `;
+      const result = Bun.spawnSync([process.execPath, "-e", script], {
+        cwd: join(import.meta.dir, ".."),
+        stdout: "pipe",
+        stderr: "pipe",
+        timeout: 30_000,
+      });
+      expect(result.signalCode).toBe("SIGBUS");
+      expect(result.stdout.toString()).toContain(`mapped ${OBJECT_BYTES}`);
+      expect(result.stdout.toString()).not.toContain("after");
+      const stderr = result.stderr.toString();
+      expect(stderr).toContain(`bun-umap: cannot fill S3Store s3://${server.bucket}/${key}`);
+      expect(stderr).toContain("at byte offset 0");
+      expect(stderr).toContain("after 2 attempts");
+      expect(stderr).toContain("SIGBUS");
+      expect(stderr).not.toContain(server.credentials.secretAccessKey + '"');
     });
 
     serverTest("access denied on a read is not retried", async (server) => {
