@@ -52,7 +52,7 @@ export interface S3Options {
   forcePathStyle?: boolean;
   /** Bytes per ranged GET, independent of the page size. Default 8 MiB. */
   chunkSize?: number;
-  /** GETs in flight at once, per worker thread. Default 4. */
+  /** Read-ahead GETs in flight at once, all threads sharing the chunk table together. Default 4. */
   concurrency?: number;
   /** How long establishing a connection may take. Default 5000. */
   connectTimeoutMs?: number;
