@@ -6,29 +6,37 @@
  * the store's descriptor, like a FileStore's shared descriptor. Each instance holds a reference;
  * the last to let go frees it, so a worker still finishing a fetch never writes freed memory.
  *
- * Layout: a header of 32-bit words, then slotCount records of SLOT_WORDS words, then slotCount
- * chunk buffers of chunkSize bytes. Every change of the header or a record happens under a spin
- * lock (Atomics on the native memory: they are real atomic instructions across threads; the
- * critical sections are a few loads and stores, never an await). The bytes of a slot are written
- * only by the thread that claimed it (state FETCHING) and read only while pinned (pins > 0), so
- * a slot is never reused under a reader.
+ * Layout: a header of 32-bit words with a pthread mutex in it, then slotCount records of
+ * SLOT_WORDS words, then slotCount chunk buffers of chunkSize bytes. Every read and change of the
+ * header or a record happens with the mutex held (critical sections are a few loads and stores,
+ * never an await). Not a spin lock on Atomics: the memory is an ordinary ArrayBuffer to
+ * JavaScript, which may compile Atomics on such memory as plain accesses and keep a spinning
+ * load in a register (measured: a spinner that never saw the lock released). The mutex calls are
+ * opaque native calls, which are full barriers and after which the JIT reloads memory. The bytes
+ * of a slot are written only by the thread that claimed it (state FETCHING) and read only while
+ * pinned (pins > 0), so a slot is never reused under a reader.
  */
 import { dlopen, FFIType, toArrayBuffer, type Pointer } from "bun:ffi";
 
-const libc = dlopen(process.platform === "linux" ? "libc.so.6" : "libc.dylib", {
+// glibc 2.34 and later have the pthread functions in libc itself.
+const libc = dlopen("libc.so.6", {
   calloc: { args: [FFIType.u64, FFIType.u64], returns: FFIType.u64 },
   free: { args: [FFIType.u64], returns: FFIType.void },
+  pthread_mutex_init: { args: [FFIType.u64, FFIType.u64], returns: FFIType.i32 },
+  pthread_mutex_lock: { args: [FFIType.u64], returns: FFIType.i32 },
+  pthread_mutex_unlock: { args: [FFIType.u64], returns: FFIType.i32 },
 });
 
 const enum Header {
-  LOCK = 0,
   REFS = 1,
   SLOT_COUNT = 2,
   CLOCK = 3,
   CHUNK_SIZE_PAGES = 4,
   /** A hash of what the table caches (an object's version), checked when a thread attaches. */
   IDENTITY = 5,
-  WORDS = 16,
+  /** The pthread_mutex_t (40 bytes on Linux x86-64 and arm64; room for 64). */
+  MUTEX = 16,
+  WORDS = 32,
 }
 const enum Field {
   STATE = 0,
@@ -45,9 +53,6 @@ const enum State {
   READY = 2,
 }
 const PAGE_BYTES = 4096;
-/** Spins before yielding the processor: the lock is held for a few hundred nanoseconds. */
-const SPINS_BEFORE_YIELD = 1000;
-const SPIN_ROUNDS_MAX = 1_000_000;
 export const SHARED_SLOTS_MAX = 256;
 
 /** What lookup() found for a chunk. */
@@ -100,7 +105,12 @@ export class SharedChunks {
     header[Header.SLOT_COUNT] = slotCount;
     header[Header.CHUNK_SIZE_PAGES] = chunkSize / PAGE_BYTES;
     header[Header.IDENTITY] = identity | 0;
-    Atomics.store(header, Header.REFS, 1);
+    header[Header.REFS] = 1;
+    const initialized = libc.symbols.pthread_mutex_init(address + Header.MUTEX * 4, 0);
+    if (initialized !== 0) {
+      libc.symbols.free(address);
+      return undefined;
+    }
     return new SharedChunks(address);
   }
 
@@ -113,7 +123,9 @@ export class SharedChunks {
   static attach(address: number, identity: number, chunkSize: number): SharedChunks | undefined {
     const table = new SharedChunks(address);
     if (table.#words[Header.IDENTITY] !== (identity | 0) || table.chunkSize !== chunkSize) return undefined;
-    const refs = Atomics.add(table.#words, Header.REFS, 1);
+    table.#lock();
+    const refs = table.#words[Header.REFS]!++;
+    table.#unlock();
     if (refs <= 0) throw new Error(`SharedChunks.attach: table at ${address} was already freed`);
     return table;
   }
@@ -122,18 +134,20 @@ export class SharedChunks {
   detach(): void {
     if (!this.#attached) return;
     this.#attached = false;
-    if (Atomics.sub(this.#words, Header.REFS, 1) === 1) libc.symbols.free(this.address);
+    this.#lock();
+    const refs = --this.#words[Header.REFS]!;
+    this.#unlock();
+    // Nobody else holds the table, so nobody can be waiting on its mutex.
+    if (refs === 0) libc.symbols.free(this.address);
   }
 
   #lock(): void {
-    for (let round = 0; Atomics.compareExchange(this.#words, Header.LOCK, 0, 1) !== 0; round++) {
-      if (round > SPIN_ROUNDS_MAX) throw new Error("SharedChunks: lock held for too long (a thread died holding it?)");
-      if (round % SPINS_BEFORE_YIELD === SPINS_BEFORE_YIELD - 1) Bun.sleepSync(0);
-    }
+    const result = libc.symbols.pthread_mutex_lock(this.address + Header.MUTEX * 4);
+    if (result !== 0) throw new Error(`SharedChunks: pthread_mutex_lock failed (${result})`);
   }
 
   #unlock(): void {
-    Atomics.store(this.#words, Header.LOCK, 0);
+    libc.symbols.pthread_mutex_unlock(this.address + Header.MUTEX * 4);
   }
 
   #field(slot: number, field: Field): number {
