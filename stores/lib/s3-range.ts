@@ -100,6 +100,8 @@ const BACKOFF_CAP_MS = 2_000;
 const TABLE_SLOTS_PER_REQUEST = 2;
 /** Extra slots for demand fetches of chunks the read-ahead did not foresee. */
 const TABLE_SLOTS_EXTRA = 4;
+/** Address space one chunk table may reserve (only the chunks used take memory). */
+const TABLE_BYTES_MAX = 4 * 1024 * 1024 * 1024;
 /** How often a read waiting for another thread's fetch of its chunk looks again. */
 const SHARED_POLL_MS = 1;
 
@@ -364,7 +366,10 @@ export class S3Range implements ByteRange {
       const shared = SharedChunks.attach(config.sharedChunks, identity, config.chunkSize);
       if (shared) return shared;
     }
-    const slotCount = Math.min(SHARED_SLOTS_MAX, config.concurrency * TABLE_SLOTS_PER_REQUEST + TABLE_SLOTS_EXTRA);
+    const slotCount = Math.max(
+      2,
+      Math.min(SHARED_SLOTS_MAX, config.concurrency * TABLE_SLOTS_PER_REQUEST + TABLE_SLOTS_EXTRA, Math.floor(TABLE_BYTES_MAX / config.chunkSize)),
+    );
     const table = SharedChunks.create(slotCount, config.chunkSize, identity);
     if (!table) {
       throw new UmapError(ErrorCode.STORE, `${S3Range.labelFor(config)}: cannot allocate ${slotCount} chunks of ${config.chunkSize} bytes`);

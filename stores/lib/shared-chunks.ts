@@ -4,7 +4,8 @@
  * chunks (measured: 2.3x the object's bytes with two fillers). The table lives in native memory
  * (libc calloc) that the main thread's instance allocates; its address travels to the workers in
  * the store's descriptor, like a FileStore's shared descriptor. Each instance holds a reference;
- * the last to let go frees it, so a worker still finishing a fetch never writes freed memory.
+ * the last to let go frees the chunk buffers, so a worker still finishing a fetch never writes
+ * freed memory. The small header stays allocated (see create()).
  *
  * Layout: a header of 32-bit words with a pthread mutex in it, then slotCount records of
  * SLOT_WORDS words, then slotCount chunk buffers of chunkSize bytes. Every read and change of the
@@ -34,7 +35,9 @@ const enum Header {
   CHUNK_SIZE_PAGES = 4,
   /** A hash of what the table caches (an object's version), checked when a thread attaches. */
   IDENTITY = 5,
-  /** The pthread_mutex_t (40 bytes on Linux x86-64 and arm64; room for 64). */
+  DATA_LOW = 6,
+  DATA_HIGH = 7,
+  /** The pthread_mutex_t (40 bytes on Linux x86-64, 48 on arm64; room for 64). */
   MUTEX = 16,
   WORDS = 32,
 }
@@ -67,78 +70,90 @@ export type Lookup =
   | { kind: "full" };
 
 export class SharedChunks {
+  /** The header's address: what other threads attach to. */
   readonly address: number;
   readonly slotCount: number;
   readonly chunkSize: number;
   readonly #words: Int32Array;
-  readonly #memory: ArrayBuffer;
+  /** The chunk buffers (a separate allocation, freed by the last thread to detach). */
+  readonly #data: ArrayBuffer;
+  readonly #dataAddress: number;
   #attached = true;
 
-  private constructor(address: number) {
+  private constructor(address: number, words: Int32Array, dataAddress: number) {
     this.address = address;
-    const header = new Int32Array(toArrayBuffer(address as unknown as Pointer, 0, PAGE_BYTES));
-    this.slotCount = header[Header.SLOT_COUNT]!;
-    this.chunkSize = header[Header.CHUNK_SIZE_PAGES]! * PAGE_BYTES;
-    const totalBytes = SharedChunks.#dataOffset(this.slotCount) + this.slotCount * this.chunkSize;
-    this.#memory = toArrayBuffer(address as unknown as Pointer, 0, totalBytes);
-    this.#words = new Int32Array(this.#memory, 0, SharedChunks.#dataOffset(this.slotCount) / 4);
+    this.#words = words;
+    this.slotCount = words[Header.SLOT_COUNT]!;
+    this.chunkSize = words[Header.CHUNK_SIZE_PAGES]! * PAGE_BYTES;
+    this.#dataAddress = dataAddress;
+    this.#data = toArrayBuffer(dataAddress as unknown as Pointer, 0, this.slotCount * this.chunkSize);
   }
 
-  static #dataOffset(slotCount: number): number {
-    const headerBytes = (Header.WORDS + slotCount * Field.SLOT_WORDS) * 4;
-    return Math.ceil(headerBytes / PAGE_BYTES) * PAGE_BYTES;
+  static #headerBytes(slotCount: number): number {
+    return (Header.WORDS + slotCount * Field.SLOT_WORDS) * 4;
+  }
+
+  static #headerWords(address: number): Int32Array {
+    const first = new Int32Array(toArrayBuffer(address as unknown as Pointer, 0, Header.WORDS * 4));
+    return new Int32Array(toArrayBuffer(address as unknown as Pointer, 0, SharedChunks.#headerBytes(first[Header.SLOT_COUNT]!)));
   }
 
   /**
    * Allocates a table of slotCount chunks of chunkSize bytes (a multiple of 4096), holding one
-   * reference. Returns undefined if the memory cannot be had. Untouched slots cost no memory:
+   * reference. Returns undefined if the memory cannot be had. Untouched chunks cost no memory:
    * calloc of this size maps fresh zero pages.
+   *
+   * The header (slot records and mutex, at most 9 KiB) is never freed, so a thread given the
+   * address of a table whose last holder has already let go can still look and find it gone
+   * (see attach), rather than reading freed memory. Only the chunk buffers are freed.
    */
   static create(slotCount: number, chunkSize: number, identity: number): SharedChunks | undefined {
     if (!(slotCount >= 1 && slotCount <= SHARED_SLOTS_MAX) || chunkSize % PAGE_BYTES !== 0) {
       throw new Error(`SharedChunks.create: bad geometry ${slotCount} x ${chunkSize}`);
     }
-    const totalBytes = SharedChunks.#dataOffset(slotCount) + slotCount * chunkSize;
-    const address = Number(libc.symbols.calloc(1, totalBytes));
+    const address = Number(libc.symbols.calloc(1, SharedChunks.#headerBytes(slotCount)));
     if (!address) return undefined;
-    const header = new Int32Array(toArrayBuffer(address as unknown as Pointer, 0, PAGE_BYTES));
-    header[Header.SLOT_COUNT] = slotCount;
-    header[Header.CHUNK_SIZE_PAGES] = chunkSize / PAGE_BYTES;
-    header[Header.IDENTITY] = identity | 0;
-    header[Header.REFS] = 1;
-    const initialized = libc.symbols.pthread_mutex_init(address + Header.MUTEX * 4, 0);
-    if (initialized !== 0) {
+    const dataAddress = Number(libc.symbols.calloc(1, slotCount * chunkSize));
+    if (!dataAddress || libc.symbols.pthread_mutex_init(address + Header.MUTEX * 4, 0) !== 0) {
+      if (dataAddress) libc.symbols.free(dataAddress);
       libc.symbols.free(address);
       return undefined;
     }
-    return new SharedChunks(address);
+    const words = new Int32Array(toArrayBuffer(address as unknown as Pointer, 0, SharedChunks.#headerBytes(slotCount)));
+    words[Header.SLOT_COUNT] = slotCount;
+    words[Header.CHUNK_SIZE_PAGES] = chunkSize / PAGE_BYTES;
+    words[Header.IDENTITY] = identity | 0;
+    words[Header.DATA_LOW] = dataAddress % 2 ** 32 | 0;
+    words[Header.DATA_HIGH] = Math.floor(dataAddress / 2 ** 32);
+    words[Header.REFS] = 1;
+    return new SharedChunks(address, words, dataAddress);
   }
 
   /**
-   * Takes a reference to a table another thread created and still holds (a region's workers
-   * attach while serving its requests, before the main thread can let go). Returns undefined if
-   * the table caches something else than `identity` and `chunkSize` say (a different version of
-   * the object), so the caller makes its own rather than mixing versions.
+   * Takes a reference to a table another thread created. Returns undefined if its holders have
+   * all let go already, or if it caches something else than `identity` and `chunkSize` say (a
+   * different version of the object): the caller then makes its own rather than mixing versions.
    */
   static attach(address: number, identity: number, chunkSize: number): SharedChunks | undefined {
-    const table = new SharedChunks(address);
-    if (table.#words[Header.IDENTITY] !== (identity | 0) || table.chunkSize !== chunkSize) return undefined;
-    table.#lock();
-    const refs = table.#words[Header.REFS]!++;
-    table.#unlock();
-    if (refs <= 0) throw new Error(`SharedChunks.attach: table at ${address} was already freed`);
-    return table;
+    const words = SharedChunks.#headerWords(address);
+    if (words[Header.IDENTITY] !== (identity | 0) || words[Header.CHUNK_SIZE_PAGES]! * PAGE_BYTES !== chunkSize) return undefined;
+    const lockAddress = address + Header.MUTEX * 4;
+    if (libc.symbols.pthread_mutex_lock(lockAddress) !== 0) return undefined;
+    const refs = words[Header.REFS]!;
+    if (refs > 0) words[Header.REFS] = refs + 1;
+    const dataAddress = (words[Header.DATA_LOW]! >>> 0) + words[Header.DATA_HIGH]! * 2 ** 32;
+    libc.symbols.pthread_mutex_unlock(lockAddress);
+    return refs > 0 ? new SharedChunks(address, words, dataAddress) : undefined;
   }
 
-  /** Drops this thread's reference; the last one frees the memory. Idempotent. */
+  /** Drops this thread's reference; the last one frees the chunk buffers. Idempotent. */
   detach(): void {
     if (!this.#attached) return;
     this.#attached = false;
     this.#lock();
     const refs = --this.#words[Header.REFS]!;
     this.#unlock();
-    // Nobody else holds the table, so nobody can be waiting on its mutex.
-    if (refs === 0) libc.symbols.free(this.address);
+    if (refs === 0) libc.symbols.free(this.#dataAddress);
   }
 
   #lock(): void {
@@ -155,7 +170,7 @@ export class SharedChunks {
   }
 
   #bytes(slot: number, byteLength: number): Uint8Array {
-    return new Uint8Array(this.#memory, SharedChunks.#dataOffset(this.slotCount) + slot * this.chunkSize, byteLength);
+    return new Uint8Array(this.#data, slot * this.chunkSize, byteLength);
   }
 
   /**
