@@ -6,9 +6,11 @@
  *
  * Without a path it maps the Bun executable that `npm install` put in node_modules (~100 MB).
  * Then it copies the file into a sharded datastore (ShardedStore writes, in a temporary
- * directory), maps that read-only through the same small buffer and hashes it again, and
- * packs it with Lz4Store (bench/demo-lz4.ts), maps the packed copy, hashes it and prints the
- * compression ratio. Exits 1 if any digest differs.
+ * directory), maps that read-only through the same small buffer and hashes it again; packs it
+ * with Lz4Store (bench/demo-lz4.ts), maps the packed copy, hashes it and prints the compression
+ * ratio. Last it uploads the file to S3 (a loopback server the demo starts and stops, or the
+ * service S3_ENDPOINT names: see bench/demo-s3.ts), maps the object through S3Store and hashes it
+ * again. Exits 1 if any digest differs.
  */
 import { closeSync, mkdtempSync, openSync, readdirSync, readSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -16,6 +18,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { ShardedStore, umap, UmapError, type Region } from "../src/index.ts";
 import { demoLz4 } from "./demo-lz4.ts";
+import { demoS3 } from "./demo-s3.ts";
 
 const MiB = 1024 * 1024;
 const CHUNK_BYTES = 4 * MiB;
@@ -192,4 +195,9 @@ try {
   if (!(error instanceof UmapError)) throw error;
   console.error(`demo: ${error.code}: ${error.message}`);
   process.exitCode = 2;
+}
+
+// S3: the same file as an object, through S3Store (bench/demo-s3.ts).
+if (!(await demoS3({ path, expectedDigest: plain.digest, bufferSize, ...(pageSize === undefined ? {} : { pageSize }), hash: hashThroughMapping }))) {
+  process.exitCode = 1;
 }

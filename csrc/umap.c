@@ -1906,7 +1906,24 @@ static int can_move(const struct region *r, const char *staging)
  * bad id or a worker that has not completed its previous request, -ENOMEM if its staging buffer
  * cannot grow.
  */
+static int worker_next(int id, double *out, int block);
+
 int umap_worker_next(int id, double *out)
+{
+	return worker_next(id, out, 1);
+}
+
+/*
+ * As umap_worker_next(), but never blocks: returns -EAGAIN at once when no request is ready.
+ * For workers whose stores have fetches of their own in flight, which only progress while the
+ * worker's event loop runs, so the worker must not sleep in the engine.
+ */
+int umap_worker_try_next(int id, double *out)
+{
+	return worker_next(id, out, 0);
+}
+
+static int worker_next(int id, double *out, int block)
 {
 	if (id < 0 || id >= UMAP_WORKERS_MAX)
 		return -EINVAL;
@@ -1917,11 +1934,15 @@ int umap_worker_next(int id, double *out)
 		return -EINVAL;
 	}
 	struct queue *q = w->role == ROLE_EVICTOR ? &E.writes : &E.fills;
-	while (!E.stopping && w->epoch == E.epoch && q->count == 0)
+	while (block && !E.stopping && w->epoch == E.epoch && q->count == 0)
 		pthread_cond_wait(&q->ready, &E.mu);
 	if (E.stopping || w->epoch != E.epoch) {
 		pthread_mutex_unlock(&E.mu);
 		return 0;
+	}
+	if (q->count == 0) {
+		pthread_mutex_unlock(&E.mu);
+		return -EAGAIN;
 	}
 	struct request req = queue_pop(q);
 	struct region *r = &E.regions[req.slot];

@@ -140,6 +140,23 @@ async function serveRequest(kind: number, slot: number, generation: number, byte
   }
 }
 
+const EAGAIN = -11;
+/** How often a worker whose stores fetch in the background looks for new requests. */
+const BACKGROUND_POLL_MS = 1;
+
+/** An optional store method: settles when the store's own background fetches have. */
+type WithPending = { pending?: () => Promise<void> | undefined };
+
+/** Settles when every open store's background work has; undefined if none has any. */
+function backgroundWork(): Promise<unknown> | undefined {
+  let pending: Promise<void>[] | undefined;
+  for (const open of stores.values()) {
+    const work = (open.store as WithPending).pending?.();
+    if (work) (pending ??= []).push(work);
+  }
+  return pending && Promise.all(pending);
+}
+
 async function serve(): Promise<void> {
   const id = native.umap_worker_register(role);
   if (id < 0) {
@@ -149,7 +166,14 @@ async function serve(): Promise<void> {
   parentPort!.postMessage({ type: "ready" } satisfies FillWorkerMessage);
   try {
     for (;;) {
-      const got = native.umap_worker_next(id, request);
+      // A store with fetches of its own in flight (read-ahead) needs this event loop to run for
+      // them to progress: poll the engine instead of sleeping in it until they have settled.
+      const background = backgroundWork();
+      const got = background ? native.umap_worker_try_next(id, request) : native.umap_worker_next(id, request);
+      if (got === EAGAIN) {
+        await Promise.race([background, Bun.sleep(BACKGROUND_POLL_MS)]);
+        continue;
+      }
       if (got === 0) break;
       if (got < 0) {
         log(`worker ${id}: umap_worker_next failed (${got}); retrying`);

@@ -19,3 +19,4 @@ export {
   type ShardedConcatOptions,
   type ShardedManifest,
 } from "../stores/sharded.ts";
+export { S3Store, type S3StoreOptions, type S3Options, type S3Credentials } from "../stores/s3.ts";

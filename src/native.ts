@@ -40,6 +40,7 @@ const symbols = {
   umap_worker_register: { args: [i32], returns: i32 },
   umap_worker_unregister: { args: [i32], returns: i32 },
   umap_worker_next: { args: [i32, ptr], returns: i32 },
+  umap_worker_try_next: { args: [i32, ptr], returns: i32 },
   umap_worker_complete: { args: [i32, i32, ptr, u64], returns: i64_fast },
   umap_test_preinstall_zero_page: { args: [u32, u64], returns: i32 },
   umap_fd_dup: { args: [i32], returns: i32 },
