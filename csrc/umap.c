@@ -2147,6 +2147,15 @@ int64_t umap_worker_complete(int id, int status, const char *error, uint64_t err
 	}
 	struct request req = w->req;
 	struct region *r = &E.regions[req.slot];
+	if (!E.running || w->epoch != E.epoch) {
+		/* A request of an engine run that has stopped: only a ticket marker can be (fills
+		 * and write-backs keep their region alive), and its ticket went with the run. A
+		 * worker can hold one that long while it closes the stores of released regions. */
+		UMAP_ASSERT(req.kind == REQUEST_MARKER);
+		w->busy = 0;
+		pthread_mutex_unlock(&E.mu);
+		return 0;
+	}
 	if (req.kind == REQUEST_WRITE) {
 		complete_write(r, req.writeback, status, error, error_bytes);
 		w->busy = 0;

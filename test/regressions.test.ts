@@ -236,3 +236,38 @@ describe("the engine under prefetch pressure", () => {
     expect(result.stdout.toString()).toMatch(/rounds [1-9]/);
   });
 });
+
+describe("engine restarts", () => {
+  test("a worker still holding a prefetch's marker when the engine stops does not settle a ticket of the next run", () => {
+    // The fill worker takes the marker, then closes the store of a region released meanwhile
+    // (slowly); the prefetch's region closes and the engine stops before it completes the
+    // marker. Completing it then settled a ticket the stop had freed (an engine assertion).
+    const result = Bun.spawnSync(
+      [
+        process.execPath,
+        "-e",
+        `
+        import { defineStore, umap } from "./src/index.ts";
+        const PATTERN = ${JSON.stringify(PATTERN_STORE.href)};
+        const c = await umap(defineStore(PATTERN, { size: 1 << 20, closeDelayMs: 500 }), { pageSize: 4096, bufferSize: 1 << 20, readAhead: 0, fillers: 1 });
+        let sum = c.bytes[5];
+        const a = await umap(defineStore(PATTERN, { size: 1 << 20, delayMs: 200 }), { pageSize: 4096, readAhead: 0 });
+        const first = a.prefetch(0, 4096).then(() => "resolved", (e) => e.code);
+        await Bun.sleep(50);
+        await c.close();
+        await Bun.sleep(250);
+        await a.close();
+        const b = await umap(defineStore(PATTERN, { size: 1 << 20 }), { pageSize: 4096, readAhead: 0 });
+        const second = await b.prefetch(0, 65536).then(() => "resolved", (e) => e.code);
+        sum += b.bytes[70000];
+        await b.close();
+        console.log("first", await first, "second", second, sum > 0);
+      `,
+      ],
+      { cwd: join(import.meta.dir, ".."), stdout: "pipe", stderr: "pipe", timeout: 60_000 },
+    );
+    expect(result.stderr.toString()).not.toContain("assertion failed");
+    expect(result.exitCode).toBe(0);
+    expect(result.stdout.toString()).toContain("second resolved true");
+  });
+});
