@@ -144,14 +144,11 @@ const EAGAIN = -11;
 /** How often a worker whose stores fetch in the background looks for new requests. */
 const BACKGROUND_POLL_MS = 1;
 
-/** An optional store method: settles when the store's own background fetches have. */
-type WithPending = { pending?: () => Promise<void> | undefined };
-
 /** Settles when every open store's background work has; undefined if none has any. */
 function backgroundWork(): Promise<unknown> | undefined {
   let pending: Promise<void>[] | undefined;
   for (const open of stores.values()) {
-    const work = (open.store as WithPending).pending?.();
+    const work = open.store.pending?.();
     if (work) (pending ??= []).push(work);
   }
   return pending && Promise.all(pending);

@@ -27,6 +27,12 @@ export interface StoreInstance {
   close?(): void | Promise<void>;
   /** Optional asynchronous set-up, awaited once after construction. */
   open?(): void | Promise<void>;
+  /**
+   * Optional: a promise that settles when the store's own background work (read-ahead fetches)
+   * has, or undefined when it has none. While one is pending the worker polls the engine for
+   * requests instead of sleeping in it, so the store's fetches keep progressing.
+   */
+  pending?(): Promise<void> | undefined;
 }
 
 /** A store object that can be passed to umap() directly: built-in stores are. */
