@@ -83,7 +83,7 @@ async function startS3rver(bucket: string): Promise<S3Server | string> {
   const endpoint = `http://127.0.0.1:${port}`;
   return finish("s3rver", endpoint, S3RVER_CREDENTIALS, bucket, async () => {
     child.stdin.end();
-    await Promise.race([child.exited, Bun.sleep(STOP_TIMEOUT_MS)]);
+    await Promise.race([child.exited, unrefSleep(STOP_TIMEOUT_MS)]);
     child.kill();
     dir.remove();
   });
@@ -113,7 +113,7 @@ async function startMoto(bucket: string): Promise<S3Server | string> {
   }
   return finish("moto", `http://127.0.0.1:${port}`, MOTO_CREDENTIALS, bucket, async () => {
     child.kill();
-    await Promise.race([child.exited, Bun.sleep(STOP_TIMEOUT_MS)]);
+    await Promise.race([child.exited, unrefSleep(STOP_TIMEOUT_MS)]);
     child.kill(9);
     dir.remove();
   });
@@ -170,7 +170,7 @@ async function firstLine(stream: ReadableStream<Uint8Array>, timeoutMs: number, 
   const reader = stream.getReader();
   const decoder = new TextDecoder();
   let text = "";
-  const deadline = Bun.sleep(timeoutMs).then(() => undefined);
+  const deadline = unrefSleep(timeoutMs).then(() => undefined);
   try {
     for (;;) {
       const next = await Promise.race([reader.read(), deadline]);
@@ -185,4 +185,12 @@ async function firstLine(stream: ReadableStream<Uint8Array>, timeoutMs: number, 
     reader.releaseLock();
     void stream.pipeTo(new WritableStream()).catch(() => {});
   }
+}
+
+/**
+ * A sleep that does not keep the process alive: the time limits raced against a server here must
+ * not hold a script that is done (Bun.sleep's timer does, for its whole length).
+ */
+function unrefSleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
 }
