@@ -20,18 +20,9 @@ import { GetObjectCommand, HeadBucketCommand, HeadObjectCommand, S3Client, type 
 import { ErrorCode, UmapError, describeError, describeValue, invalidArgument } from "../../src/errors.ts";
 import { checkBucket, checkKey } from "./s3-location.ts";
 import { SharedChunks, SHARED_SLOTS_MAX } from "./shared-chunks.ts";
+import type { ByteRange } from "./byte-range.ts";
 
-/** The shape every byte-range source has (a local file, an S3 object). */
-export interface ByteRange {
-  /** Bytes. */
-  readonly size: number;
-  /** Names the source in messages. */
-  readonly label: string;
-  /** Fills `target` completely with the bytes at `byteOffset`. */
-  read(byteOffset: number, target: Uint8Array): void | Promise<void>;
-  write?(byteOffset: number, source: Uint8Array): void | Promise<void>;
-  close?(): void | Promise<void>;
-}
+export type { ByteRange } from "./byte-range.ts";
 
 /** Static credentials: each worker thread gets a copy, so they must be plain data. */
 export interface S3Credentials {
