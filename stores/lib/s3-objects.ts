@@ -165,6 +165,18 @@ export class S3Objects {
     }
   }
 
+  /**
+   * Uploads a local file as the object (unconditionally: a PUT replaces an object whole). The
+   * file is read into memory first: a streamed body makes the SDK send aws-chunked framing,
+   * which some S3-compatible servers (s3rver) store as part of the object.
+   */
+  async putFile(key: string, path: string): Promise<string> {
+    const bytes = new Uint8Array(await Bun.file(path).arrayBuffer());
+    const etag = await this.put(key, bytes);
+    if (etag === "conflict") throw new UmapError(ErrorCode.INTERNAL, `${this.labelOf(key)}: an unconditional PUT reported a conflict`);
+    return etag;
+  }
+
   /** Deletes the object (only if its ETag is still `etag`, where the server checks that). */
   async delete(key: string, etag?: string): Promise<void> {
     const label = this.labelOf(key);
