@@ -157,6 +157,18 @@ describe("S3 sharded datastores (moto: conditional writes)", () => {
     await next.close();
   });
 
+  serverTest("a live writer renews its lease: past its first expiry a second writer is still refused", moto, async (server) => {
+    const location = `s3://${server.bucket}/${freshPrefix("renewed")}`;
+    const writer = await ShardedStore.create(location, { size: MiB, shardSize: MiB, s3: server.s3, leaseTimeMs: 1_000 });
+    await writer.flush();
+    await Bun.sleep(1_500); // renewed every ~333 ms; without renewal it would have expired
+    const second = await rejection(() => ShardedStore.open(location, { writable: true, s3: server.s3 }));
+    expect(second.code).toBe(ErrorCode.STORE);
+    await writer.close();
+    const next = await ShardedStore.open(location, { writable: true, s3: server.s3 });
+    await next.close();
+  });
+
   serverTest("a crashed writer's lease is taken over once expired, and not before", moto, async (server) => {
     const prefix = freshPrefix("expired");
     const location = `s3://${server.bucket}/${prefix}`;
