@@ -23,12 +23,23 @@
  *    flushed state. Reopening for writing truncates what the last flush did not cover.
  *  - One writer at a time: the owner holds `<file>.lock` (its pid) while open for writing.
  */
-import { closeSync, fstatSync, fsyncSync, ftruncateSync, openSync, readdirSync, readSync, realpathSync, renameSync, statSync, unlinkSync, writeFileSync, writeSync, constants as fs } from "node:fs";
+import { closeSync, fstatSync, fsyncSync, ftruncateSync, mkdtempSync, openSync, readdirSync, readSync, realpathSync, renameSync, rmSync, statSync, unlinkSync, writeFileSync, writeSync, constants as fs } from "node:fs";
+import { tmpdir } from "node:os";
+import { isMainThread } from "node:worker_threads";
 import { basename, dirname, join, resolve } from "node:path";
 import { compressSync, uncompressSync } from "lz4-napi";
 import { ErrorCode, UmapError, describeError, describeValue, invalidArgument } from "../src/errors.ts";
 import type { Store, StoreDescriptor } from "../src/store.ts";
 import { LocalFileRange, openRegularFile, type ByteRange } from "./lib/byte-range.ts";
+import { S3Objects } from "./lib/s3-objects.ts";
+import { isS3Location, parseS3Location } from "./lib/s3-location.ts";
+import { resolveS3Config, S3Range, type S3Options, type S3RangeConfig } from "./lib/s3-range.ts";
+
+/**
+ * The largest packed file pack() uploads: it is sent with one PutObject from memory. Larger
+ * files would need a multipart upload, which is not implemented.
+ */
+const S3_PUT_BYTES_MAX = 1024 * 1024 * 1024;
 import {
   CHUNK_COUNT_MAX,
   CHUNK_SIZE_DEFAULT,
@@ -59,8 +70,7 @@ import {
   type RootSlot,
 } from "./lib/lz4-format.ts";
 
-/** Options of S3 backing (see S3Store); accepted in the signature, refused until it exists. */
-export type S3Options = Record<string, unknown>;
+export type { S3Options };
 
 export interface Lz4PackOptions {
   /** Bytes of uncompressed data per chunk: a power of two, 4 KiB to 16 MiB. Default 64 KiB. */
@@ -99,6 +109,8 @@ export interface Lz4Verification {
 /** What a worker's instance is built from. */
 interface Lz4Config {
   path: string;
+  /** A packed file on S3: the object, pinned (size, ETag, the shared chunk table) by the owner. */
+  s3?: S3RangeConfig;
   writable?: boolean;
   /** Byte offset where the writing session's appends began (writable instances). */
   sessionStart?: number;
@@ -144,6 +156,9 @@ export default class Lz4Store implements Store {
   #cachedChunkIndex = -1;
   #cachedChunk: Uint8Array | undefined;
   #closed = false;
+  /** The object, for a packed file on S3 (read-only). */
+  #s3Config: S3RangeConfig | undefined;
+  #s3Range: S3Range | undefined;
 
   /** Workers construct instances from describe(); applications use Lz4Store.open(). */
   constructor(config: Lz4Config) {
@@ -157,6 +172,10 @@ export default class Lz4Store implements Store {
       invalidArgument(`Lz4Store ${this.path}: sessionStart must be a byte offset >= ${FILE_HEADER_BYTES}, got ${describeValue(config.sessionStart)}`);
     }
     this.#sessionStart = config.sessionStart;
+    if (config.s3 !== undefined) {
+      if (this.writable) throw s3WritableError(this.path);
+      this.#s3Config = config.s3;
+    }
   }
 
   /** Opens a packed file made by Lz4Store.pack(); checks its header, root and index. */
@@ -164,6 +183,15 @@ export default class Lz4Store implements Store {
     checkOptions("Lz4Store.open", options, ["writable", "s3"]);
     if (options.writable !== undefined && typeof options.writable !== "boolean") {
       invalidArgument(`Lz4Store.open ${String(location)}: option writable must be a boolean, got ${describeValue(options.writable)}`);
+    }
+    if (typeof location === "string" && isS3Location(location)) {
+      if (options.writable === true) throw s3WritableError(location);
+      const { bucket, key } = parseS3Location(location);
+      const s3 = checkS3Option("Lz4Store.open", location, options.s3);
+      const store = new Lz4Store({ path: `s3://${bucket}/${key}`, s3: { ...s3, bucket, key } });
+      store.#owner = true;
+      await store.#load();
+      return store;
     }
     const path = localPath("Lz4Store.open", location, options.s3);
     const store = new Lz4Store({ path, writable: options.writable === true });
@@ -200,6 +228,10 @@ export default class Lz4Store implements Store {
     if (!isPowerOfTwo(chunkSize) || chunkSize < CHUNK_SIZE_MIN || chunkSize > CHUNK_SIZE_MAX) {
       invalidArgument(`Lz4Store.pack: option chunkSize must be a power of two from ${CHUNK_SIZE_MIN} to ${CHUNK_SIZE_MAX}, got ${describeValue(chunkSize)}`);
     }
+    if (typeof source === "string" && isS3Location(source)) {
+      throw new UmapError(ErrorCode.UNSUPPORTED, `Lz4Store.pack source ${source}: the source must be a local file (download the object first)`);
+    }
+    if (typeof target === "string" && isS3Location(target)) return packToS3(source, target, options);
     const sourcePath = localPath("Lz4Store.pack source", source, options.s3);
     let targetPath = localPath("Lz4Store.pack target", target, options.s3);
     if (sourcePath === targetPath) invalidArgument(`Lz4Store.pack: source and target are the same file, ${sourcePath}`);
@@ -241,7 +273,7 @@ export default class Lz4Store implements Store {
 
   /** Writes the data a packed file holds to `target`, as a plain file (checked chunk by chunk). */
   static async unpack(source: string, target: string): Promise<void> {
-    const store = await Lz4Store.open(source);
+    const store = await Lz4Store.open(localPath("Lz4Store.unpack source", source, undefined));
     try {
       let targetPath = localPath("Lz4Store.unpack target", target, undefined);
       if (targetPath === store.path) invalidArgument(`Lz4Store.unpack: source and target are the same file, ${targetPath}`);
@@ -297,6 +329,15 @@ export default class Lz4Store implements Store {
     }
   }
 
+  /**
+   * Settles when the S3 range's read-ahead fetches have; undefined if none are in flight (or the
+   * file is local). A fill worker polls the engine instead of sleeping in it while this is
+   * pending, so its event loop keeps those fetches going: other workers may be waiting for them.
+   */
+  pending(): Promise<void> | undefined {
+    return this.#s3Range?.pending();
+  }
+
   /** Worker instances read the file here (the store hook umap's workers await). */
   async open(): Promise<void> {
     if (!this.#header) await this.#load();
@@ -315,6 +356,11 @@ export default class Lz4Store implements Store {
   }
 
   describe(): StoreDescriptor {
+    if (this.#s3Config) {
+      // Pinned: workers skip HeadObject, read exactly the version opened, and share its chunk table.
+      const pinned = this.#s3Range?.pinnedConfig() ?? this.#s3Config;
+      return { module: Lz4Store.MODULE, options: { path: this.path, s3: pinned } satisfies Lz4Config };
+    }
     if (!this.#file) {
       throw new UmapError(ErrorCode.UNSUPPORTED, `${this.label}: opened over a byte range, so workers cannot open it: use Lz4Store.open(path)`);
     }
@@ -454,8 +500,9 @@ export default class Lz4Store implements Store {
   }
 
   /** The owner of a writable store flushes first; then descriptors and the lock are released. */
-  close(): void {
+  close(): void | Promise<void> {
     if (this.#closed) return;
+    let closing: void | Promise<void> = undefined;
     try {
       if (this.#header && this.writable && this.#owner) this.flush();
     } finally {
@@ -463,12 +510,14 @@ export default class Lz4Store implements Store {
       for (const fd of [this.#appendFd, this.#rootFd]) if (fd >= 0) closeSync(fd);
       this.#appendFd = this.#rootFd = -1;
       if (this.#file) this.#file.close();
-      else void this.#range?.close?.();
-      this.#file = this.#range = undefined;
+      // An S3 range stops its fetches before letting go of its chunk table: wait for that.
+      else closing = this.#range?.close?.();
+      this.#file = this.#range = this.#s3Range = undefined;
       if (this.#lockPath) unlinkSync(this.#lockPath);
       this.#lockPath = undefined;
       this.#cachedChunk = undefined;
     }
+    return closing;
   }
 
   #loaded(): FileHeader {
@@ -479,6 +528,19 @@ export default class Lz4Store implements Store {
 
   /** Reads and checks header, root and index; a writable owner also takes the lock and truncates. */
   async #load(): Promise<void> {
+    if (this.#s3Config) {
+      const opened = await S3Range.open(this.#s3Config, "Lz4Store");
+      this.#s3Range = opened;
+      const range = isMainThread ? settledReads(opened) : opened;
+      this.#range = range;
+      try {
+        await this.#loadFrom(range);
+      } catch (error) {
+        await this.close();
+        throw error;
+      }
+      return;
+    }
     if (this.writable && this.#owner) this.#lockPath = takeLock(this.path);
     try {
       this.#file = new LocalFileRange(this.path);
@@ -775,15 +837,19 @@ function checkOptions(what: string, options: unknown, known: string[]): void {
   }
 }
 
-/** A local path from a location; s3:// locations and S3 options are refused until S3 backing exists. */
+/**
+ * A local path from a location. S3 locations reach here only where S3 is not supported (unpack,
+ * compact: they rewrite a file in place or read one whole); the s3 option belongs to s3:// ones.
+ */
 function localPath(what: string, location: unknown, s3: unknown): string {
   if (typeof location !== "string" || location.length === 0) {
     invalidArgument(`${what}: location must be a non-empty path, got ${describeValue(location)}`);
   }
   // Case-insensitive, as URL schemes are (and as ShardedStore reads them): "S3://b/k" is S3 too.
-  if (/^s3:\/\//i.test(location) || s3 !== undefined) {
-    throw new UmapError(ErrorCode.UNSUPPORTED, `${what} ${location}: S3 backing for Lz4Store is not available yet in this build; use a local file`);
+  if (isS3Location(location)) {
+    throw new UmapError(ErrorCode.UNSUPPORTED, `${what} ${location}: this operation works on local files only; Lz4Store.open and Lz4Store.pack take s3:// locations`);
   }
+  if (s3 !== undefined) invalidArgument(`${what} ${location}: option s3 is for s3://bucket/key locations, not a local file`);
   return resolve(location);
 }
 
@@ -952,5 +1018,76 @@ async function writeNewFile(path: string, produce: (out: NewFile) => void | Prom
     }
     if (error instanceof UmapError) throw error;
     throw new UmapError(ErrorCode.STORE, `writing ${path} failed: ${describeError(error)}`, { cause: error });
+  }
+}
+
+/**
+ * An S3 range for the main thread: each read also waits for the read-ahead fetches it started.
+ * Fill workers share the range's chunk table and wait for a chunk another thread is fetching; a
+ * fetch the main thread left in flight would make no progress while the main thread is parked in
+ * a page fault, and the workers would wait for it (up to the request and retry time limits).
+ */
+function settledReads(range: S3Range): ByteRange {
+  return {
+    get size() {
+      return range.size;
+    },
+    label: range.label,
+    async read(byteOffset: number, target: Uint8Array): Promise<void> {
+      try {
+        await range.read(byteOffset, target);
+      } finally {
+        await range.pending();
+      }
+    },
+    close: () => range.close(),
+  };
+}
+
+function s3WritableError(location: string): UmapError {
+  return new UmapError(
+    ErrorCode.UNSUPPORTED,
+    `Lz4Store ${location}: a packed file on S3 opens read-only: writing appends records to the file, and an S3 object can only be replaced whole ` +
+      "(pack a local file, write it there, and upload it with Lz4Store.pack or unpack and repack)",
+  );
+}
+
+/** The `s3` option: an object of S3 options (checked in full by S3Range.open). */
+function checkS3Option(what: string, location: string, s3: unknown): S3Options {
+  if (s3 === undefined) return {};
+  if (typeof s3 !== "object" || s3 === null || Array.isArray(s3)) invalidArgument(`${what} ${location}: option s3 must be an object of S3 options, got ${describeValue(s3)}`);
+  const plain = { ...(s3 as S3Options) };
+  for (const name of ["bucket", "key", "size", "etag", "sharedChunks"]) {
+    if (name in plain) invalidArgument(`${what} ${location}: option s3.${name} is not an S3 option (the location names the object)`);
+  }
+  return plain;
+}
+
+/**
+ * Packs a local file into a temporary local packed file, then uploads it with one PutObject. An
+ * S3 PUT replaces an object whole, so readers see the old object or the new one, never a part;
+ * a failed pack or upload leaves the target as it was.
+ */
+async function packToS3(source: string, target: string, options: Lz4PackOptions): Promise<void> {
+  const { bucket, key } = parseS3Location(target);
+  const s3 = checkS3Option("Lz4Store.pack", target, options.s3);
+  const config = resolveS3Config({ ...s3, bucket, key }, `Lz4Store.pack target ${target}`);
+  const sourcePath = localPath("Lz4Store.pack source", source, undefined);
+  const scratch = mkdtempSync(join(tmpdir(), "bun-umap-pack-"));
+  const packedPath = join(scratch, "packed.lz4");
+  try {
+    await Lz4Store.pack(sourcePath, packedPath, options.chunkSize === undefined ? {} : { chunkSize: options.chunkSize });
+    const byteLength = statSync(packedPath).size;
+    if (byteLength > S3_PUT_BYTES_MAX) {
+      throw new UmapError(ErrorCode.UNSUPPORTED, `Lz4Store.pack target ${target}: the packed file is ${byteLength} bytes, over the ${S3_PUT_BYTES_MAX} pack uploads with one PutObject (multipart upload is not implemented)`);
+    }
+    const objects = new S3Objects(config);
+    try {
+      await objects.putFile(key, packedPath);
+    } finally {
+      objects.close();
+    }
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
   }
 }

@@ -21,6 +21,10 @@ import { ErrorCode, UmapError, describeError, describeValue, invalidArgument } f
 import type { Store, StoreDescriptor } from "../src/store.ts";
 import { extentsFromLengths, fixedPieces, variablePieces, type Extent, type Piece } from "./lib/extents.ts";
 import { LocalShardFiles, fsyncDirectory, storeError, writeFully, type ShardBackend } from "./lib/shard-files.ts";
+import { S3Objects } from "./lib/s3-objects.ts";
+import { isS3Location, parseS3Location } from "./lib/s3-location.ts";
+import { resolveS3Config, type S3Options } from "./lib/s3-range.ts";
+import { LEASE_NAME, S3Lease, S3ShardObjects } from "./lib/s3-shards.ts";
 
 export const MANIFEST_NAME = "manifest.json";
 export const MANIFEST_FORMAT = "bun-umap-sharded";
@@ -57,8 +61,10 @@ export interface ShardedCreateOptions {
   size: number;
   /** Bytes per shard file; the last shard holds the rest. */
   shardSize: number;
-  /** S3 datastores are not supported yet: passing this is ERR_UMAP_UNSUPPORTED. */
-  s3?: unknown;
+  /** How to reach S3, for s3://bucket/prefix locations. */
+  s3?: S3Options;
+  /** S3: how long the writer's lease lasts unless renewed (ms, 1000 to 86400000). Default 300000. */
+  leaseTimeMs?: number;
   /** Descriptors each instance (one per worker) keeps open at most. Default 32. */
   maxOpenFiles?: number;
 }
@@ -67,8 +73,10 @@ export interface ShardedCreateOptions {
 export interface ShardedOpenOptions {
   /** Open for writing. Default false. */
   writable?: boolean;
-  /** S3 datastores are not supported yet: passing this is ERR_UMAP_UNSUPPORTED. */
-  s3?: unknown;
+  /** How to reach S3, for s3://bucket/prefix locations. */
+  s3?: S3Options;
+  /** S3, writable: how long the writer's lease lasts unless renewed (ms). Default 300000. */
+  leaseTimeMs?: number;
   /** Descriptors each instance (one per worker) keeps open at most. Default 32. */
   maxOpenFiles?: number;
 }
@@ -90,7 +98,18 @@ type Layout =
       writable: boolean;
       maxOpenFiles: number;
     }
-  | { kind: "concat"; files: { path: string; byteLength: number }[]; maxOpenFiles: number };
+  | { kind: "concat"; files: { path: string; byteLength: number }[]; maxOpenFiles: number }
+  | {
+      kind: "s3";
+      bucket: string;
+      /** Keys are `${prefix}/name`, or `name` for an empty prefix. */
+      prefix: string;
+      s3: S3Options;
+      size: number;
+      shardSize: number;
+      shardName: string;
+      writable: boolean;
+    };
 
 export default class ShardedStore implements Store {
   /** This module: descriptors that name it build a ShardedStore. */
@@ -101,6 +120,7 @@ export default class ShardedStore implements Store {
    * Writable. Only the manifest is written; shards appear as writes reach them.
    */
   static async create(location: string, options: ShardedCreateOptions): Promise<ShardedStore> {
+    if (typeof location === "string" && isS3Location(location)) return createOnS3(location, options);
     const directory = localDirectory("create", location, options);
     if (typeof options !== "object" || options === null) {
       invalidArgument(`ShardedStore.create ${directory}: options { size, shardSize } are required`);
@@ -142,6 +162,7 @@ export default class ShardedStore implements Store {
 
   /** An existing datastore, read-only unless `writable`; its manifest and its shards' sizes are checked. */
   static async open(location: string, options: ShardedOpenOptions = {}): Promise<ShardedStore> {
+    if (typeof location === "string" && isS3Location(location)) return openOnS3(location, options);
     const directory = localDirectory("open", location, options);
     if (typeof options !== "object" || options === null) invalidArgument(`ShardedStore.open ${directory}: options must be an object`);
     if (options.writable !== undefined && typeof options.writable !== "boolean") {
@@ -189,10 +210,14 @@ export default class ShardedStore implements Store {
   /** Concatenations only: where each file starts. */
   readonly #extents: Extent[] | undefined;
   #closed = false;
+  /** S3, the instance create/open returned for writing: the writer's lease (workers have none). */
+  #lease: S3Lease | undefined;
+  /** S3, made by create(): the manifest still to be written (by flush or close, after the shards). */
+  #manifestPending: Uint8Array | undefined;
 
   /** @internal Use create(), open() or concat(); workers build instances from describe(). */
   constructor(layout: Layout) {
-    if (layout?.kind !== "datastore" && layout?.kind !== "concat") {
+    if (layout?.kind !== "datastore" && layout?.kind !== "concat" && layout?.kind !== "s3") {
       invalidArgument("ShardedStore: use ShardedStore.create(), open() or concat(), not new ShardedStore()");
     }
     this.#layout = layout;
@@ -211,6 +236,19 @@ export default class ShardedStore implements Store {
         maxOpenFiles: layout.maxOpenFiles,
         noFollow: true,
         listPresent: () => listDirectory(directory).filter((name) => parse(name) !== undefined).map((name) => join(directory, name)),
+      });
+    } else if (layout.kind === "s3") {
+      this.size = layout.size;
+      this.writable = layout.writable;
+      this.#extents = undefined;
+      const { shardName: template, shardSize, size } = layout;
+      const objects = new S3Objects(resolveS3Config({ ...layout.s3, bucket: layout.bucket, key: keyIn(layout.prefix, MANIFEST_NAME) }, this.label));
+      this.#backend = new S3ShardObjects({
+        label: this.label,
+        objects,
+        keyOf: (shardIndex) => keyIn(layout.prefix, shardName(template, shardIndex)),
+        byteLengthOf: (shardIndex) => Math.min(shardSize, size - shardIndex * shardSize),
+        writable: layout.writable,
       });
     } else {
       const { files } = layout;
@@ -233,6 +271,7 @@ export default class ShardedStore implements Store {
   get label(): string {
     const layout = this.#layout;
     if (layout.kind === "datastore") return `ShardedStore ${layout.directory}`;
+    if (layout.kind === "s3") return `ShardedStore ${s3Label(layout)}`;
     const more = layout.files.length > 1 ? ` and ${layout.files.length - 1} more` : "";
     return `ShardedStore concat of ${layout.files[0]!.path}${more}`;
   }
@@ -240,12 +279,25 @@ export default class ShardedStore implements Store {
   /** Shards of a datastore, or files of a concatenation. */
   get shardCount(): number {
     const layout = this.#layout;
-    return layout.kind === "datastore" ? Math.ceil(layout.size / layout.shardSize) : layout.files.length;
+    return layout.kind === "concat" ? layout.files.length : Math.ceil(layout.size / layout.shardSize);
   }
 
   /** Bytes per shard of a datastore; undefined for a concatenation. */
   get shardSize(): number | undefined {
-    return this.#layout.kind === "datastore" ? this.#layout.shardSize : undefined;
+    return this.#layout.kind === "concat" ? undefined : this.#layout.shardSize;
+  }
+
+  /** The datastore's location: its directory, or s3://bucket/prefix; undefined for a concatenation. */
+  get location(): string | undefined {
+    const layout = this.#layout;
+    if (layout.kind === "datastore") return layout.directory;
+    if (layout.kind === "s3") return `s3://${layout.bucket}/${layout.prefix}`;
+    return undefined;
+  }
+
+  /** S3 datastores: request counters of this instance (PUTs, GETs, conflicts lost and redone). */
+  get s3Stats(): { requests: number; retries: number; puts: number; gets: number; conflicts: number } | undefined {
+    return this.#backend instanceof S3ShardObjects ? { ...this.#backend.stats } : undefined;
   }
 
   /** The datastore's directory; undefined for a concatenation. */
@@ -288,17 +340,56 @@ export default class ShardedStore implements Store {
     if (pending.length > 0) return Promise.all(pending).then(() => {});
   }
 
-  /** Makes every write durable, including the ones the workers' instances made. */
+  /**
+   * Makes every write durable, including the ones the workers' instances made. On S3 every write
+   * is durable when it resolves; the manifest of a new datastore is written here, after them.
+   */
   flush(): void | Promise<void> {
     this.#checkOpen("flush");
+    if (this.#layout.kind === "s3") return this.#flushS3();
     return this.#backend.flush();
+  }
+
+  async #flushS3(): Promise<void> {
+    this.#lease?.check("flush");
+    await this.#backend.flush();
+    const manifest = this.#manifestPending;
+    if (manifest === undefined) return;
+    const layout = this.#layout as Extract<Layout, { kind: "s3" }>;
+    const objects = (this.#backend as S3ShardObjects).objects;
+    const key = keyIn(layout.prefix, MANIFEST_NAME);
+    const put = await objects.put(key, manifest, "absent");
+    if (put === "conflict") {
+      // Under our lease nobody else may write one: a manifest there now is another writer's.
+      throw new UmapError(ErrorCode.STORE, `${this.label}: ${objects.labelOf(key)} appeared while this writer held the lease; not overwritten`);
+    }
+    this.#manifestPending = undefined;
   }
 
   /** Closes its descriptors; reads and writes after close() are ERR_UMAP_CLOSED. Idempotent. */
   close(): void | Promise<void> {
     if (this.#closed) return;
+    if (this.#layout.kind === "s3") return this.#closeS3();
     this.#closed = true;
     return this.#backend.close();
+  }
+
+  /** The manifest (if pending) is written before the lease is let go: the writer's last act. */
+  async #closeS3(): Promise<void> {
+    try {
+      if (this.#manifestPending !== undefined) await this.#flushS3();
+      await this.#lease?.release();
+    } finally {
+      this.#closed = true;
+      this.#lease = undefined;
+      await this.#backend.close();
+    }
+  }
+
+  /** @internal Set by createOnS3/openOnS3 on the instance they return. */
+  static adoptS3Writer(store: ShardedStore, lease: S3Lease | undefined, manifest: Uint8Array | undefined): void {
+    store.#lease = lease;
+    store.#manifestPending = manifest;
   }
 
   #checkOpen(method: string): void {
@@ -310,7 +401,7 @@ export default class ShardedStore implements Store {
       invalidArgument(`${this.label}: ${method}() of bytes [${byteOffset}, ${byteOffset + byteLength}) is outside its ${this.size} bytes`);
     }
     const layout = this.#layout;
-    return layout.kind === "datastore" ? fixedPieces(layout.shardSize, byteOffset, byteLength) : variablePieces(this.#extents!, byteOffset, byteLength);
+    return layout.kind === "concat" ? variablePieces(this.#extents!, byteOffset, byteLength) : fixedPieces(layout.shardSize, byteOffset, byteLength);
   }
 }
 
@@ -321,13 +412,9 @@ function localDirectory(method: string, location: unknown, options: unknown): st
   if (typeof location !== "string" || location.length === 0) {
     invalidArgument(`ShardedStore.${method}: location must be a directory path, got ${describeValue(location)}`);
   }
-  const s3 = typeof options === "object" && options !== null ? (options as { s3?: unknown }).s3 : undefined;
-  if (/^s3:\/\//i.test(location) || s3 !== undefined) {
-    throw new UmapError(
-      ErrorCode.UNSUPPORTED,
-      `ShardedStore.${method} ${location}: sharded datastores on S3 (s3:// locations, the s3 option) are not supported yet; use a local directory`,
-    );
-  }
+  const fields = typeof options === "object" && options !== null ? (options as { s3?: unknown; leaseTimeMs?: unknown }) : {};
+  if (fields.s3 !== undefined) invalidArgument(`ShardedStore.${method} ${location}: option s3 is for s3://bucket/prefix locations, not a local directory`);
+  if (fields.leaseTimeMs !== undefined) invalidArgument(`ShardedStore.${method} ${location}: option leaseTimeMs is for s3:// locations, not a local directory`);
   return resolve(location);
 }
 
@@ -526,4 +613,149 @@ function writeNewFileAtomically(directory: string, name: string, bytes: Uint8Arr
   }
   if (placed) fsyncDirectory(directory, `ShardedStore ${directory}`);
   return placed;
+}
+
+// ---- Datastores on S3: shards as objects under a prefix (see stores/lib/s3-shards.ts) ----
+
+/** Largest shard on S3: every write-back uploads its whole shard, and a worker holds it in memory. */
+export const S3_SHARD_BYTES_MAX = 64 * 1024 * 1024;
+const DEFAULT_LEASE_TIME_MS = 5 * 60_000;
+const LEASE_TIME_MS_MIN = 1_000;
+const LEASE_TIME_MS_MAX = 24 * 60 * 60_000;
+type S3Layout = Extract<Layout, { kind: "s3" }>;
+
+/** `${prefix}/name`, or `name` at the bucket's root. */
+function keyIn(prefix: string, name: string): string {
+  return prefix.length === 0 ? name : `${prefix}/${name}`;
+}
+
+function s3Label(layout: { bucket: string; prefix: string; s3: S3Options }): string {
+  const endpoint = layout.s3.endpoint ? ` at ${redactEndpoint(layout.s3.endpoint)}` : "";
+  return `s3://${layout.bucket}/${layout.prefix}${endpoint}`;
+}
+
+function redactEndpoint(endpoint: string): string {
+  try {
+    const url = new URL(endpoint);
+    url.username = "";
+    url.password = "";
+    url.search = "";
+    return url.href;
+  } catch {
+    return "(an endpoint that is not a URL)";
+  }
+}
+
+/** Checks the location and the S3 options common to create and open; returns the pieces of the layout. */
+function s3Target(
+  method: string,
+  location: string,
+  options: unknown,
+): { bucket: string; prefix: string; s3: S3Options; leaseTimeMs: number; objects: S3Objects; label: string } {
+  const where = `ShardedStore.${method} ${location}`;
+  if (typeof options !== "object" || options === null) invalidArgument(`${where}: options must be an object`);
+  const fields = options as { s3?: unknown; leaseTimeMs?: unknown; maxOpenFiles?: unknown };
+  if (fields.maxOpenFiles !== undefined) invalidArgument(`${where}: option maxOpenFiles is for local datastores; an S3 datastore opens no files`);
+  const { bucket, key } = parseS3Location(location, { requireKey: false });
+  const prefix = key.replace(/\/+$/, "");
+  const s3 = (fields.s3 ?? {}) as S3Options;
+  if (typeof s3 !== "object" || s3 === null || Array.isArray(s3)) invalidArgument(`${where}: option s3 must be an object of S3 options, got ${describeValue(s3)}`);
+  const leaseTimeMs = fields.leaseTimeMs ?? DEFAULT_LEASE_TIME_MS;
+  if (!Number.isSafeInteger(leaseTimeMs) || (leaseTimeMs as number) < LEASE_TIME_MS_MIN || (leaseTimeMs as number) > LEASE_TIME_MS_MAX) {
+    invalidArgument(`${where}: option leaseTimeMs must be a whole number of ms from ${LEASE_TIME_MS_MIN} to ${LEASE_TIME_MS_MAX}, got ${describeValue(leaseTimeMs)}`);
+  }
+  // A plain copy, as each worker gets one in the descriptor (and resolveS3Config checks it).
+  const plain: S3Options = { ...s3 };
+  const label = `ShardedStore ${s3Label({ bucket, prefix, s3: plain })}`;
+  const objects = new S3Objects(resolveS3Config({ ...plain, bucket, key: keyIn(prefix, MANIFEST_NAME) }, label));
+  return { bucket, prefix, s3: plain, leaseTimeMs: leaseTimeMs as number, objects, label };
+}
+
+async function createOnS3(location: string, options: ShardedCreateOptions): Promise<ShardedStore> {
+  const where = `ShardedStore.create ${location}`;
+  if (typeof options !== "object" || options === null) invalidArgument(`${where}: options { size, shardSize } are required`);
+  const { size, shardSize } = options;
+  if (!Number.isSafeInteger(size) || size <= 0) invalidArgument(`${where}: option size must be a whole number of bytes > 0, got ${describeValue(size)}`);
+  if (!Number.isSafeInteger(shardSize) || shardSize <= 0 || shardSize > S3_SHARD_BYTES_MAX) {
+    invalidArgument(`${where}: option shardSize must be a whole number of bytes from 1 to ${S3_SHARD_BYTES_MAX} on S3 (each write-back uploads its shard), got ${describeValue(shardSize)}`);
+  }
+  if (Math.ceil(size / shardSize) > MAX_SHARDS) invalidArgument(`${where}: ${size} bytes in shards of ${shardSize} makes more than ${MAX_SHARDS} shards`);
+  const target = s3Target("create", location, options);
+  const { objects, label, prefix } = target;
+  let lease: S3Lease | undefined;
+  try {
+    await objects.checkBucket();
+    lease = await S3Lease.acquire(objects, keyIn(prefix, LEASE_NAME), target.leaseTimeMs, label);
+    const manifestKey = keyIn(prefix, MANIFEST_NAME);
+    const others = (await objects.list(prefix.length === 0 ? "" : `${prefix}/`, 1, true)).filter((item) => item.key !== lease!.key);
+    if (others.some((item) => item.key === manifestKey)) {
+      invalidArgument(`${where}: a datastore already exists there (${objects.labelOf(manifestKey)}); open it instead`);
+    }
+    if (others.length > 0) {
+      invalidArgument(`${where}: the prefix is not empty (it holds ${JSON.stringify(others[0]!.key)}); a datastore needs a prefix of its own`);
+    }
+  } catch (error) {
+    await lease?.release().catch(() => {});
+    objects.close();
+    throw error;
+  }
+  const manifest: ShardedManifest = { format: MANIFEST_FORMAT, version: MANIFEST_VERSION, size, shardSize, shardName: DEFAULT_SHARD_NAME };
+  const layout: S3Layout = { kind: "s3", bucket: target.bucket, prefix, s3: target.s3, size, shardSize, shardName: DEFAULT_SHARD_NAME, writable: true };
+  const store = new ShardedStore(layout);
+  ShardedStore.adoptS3Writer(store, lease, new TextEncoder().encode(`${JSON.stringify(manifest, null, 2)}\n`));
+  return store;
+}
+
+async function openOnS3(location: string, options: ShardedOpenOptions): Promise<ShardedStore> {
+  const where = `ShardedStore.open ${location}`;
+  if (typeof options !== "object" || options === null) invalidArgument(`${where}: options must be an object`);
+  if (options.writable !== undefined && typeof options.writable !== "boolean") {
+    invalidArgument(`${where}: option writable must be a boolean, got ${describeValue(options.writable)}`);
+  }
+  const target = s3Target("open", location, options);
+  const { objects, label, prefix } = target;
+  const writable = options.writable === true;
+  let lease: S3Lease | undefined;
+  let manifest: ShardedManifest;
+  try {
+    const manifestKey = keyIn(prefix, MANIFEST_NAME);
+    const got = await objects.get(manifestKey, undefined, MANIFEST_BYTES_MAX);
+    if (!got) {
+      await objects.checkBucket();
+      throw new UmapError(ErrorCode.NOT_FOUND, `${label}: no datastore there (${objects.labelOf(manifestKey)} is missing)`);
+    }
+    if (got.objectSize > MANIFEST_BYTES_MAX) {
+      throw new UmapError(ErrorCode.CORRUPT, `ShardedStore manifest ${objects.labelOf(manifestKey)}: ${got.objectSize} bytes, over the ${MANIFEST_BYTES_MAX} a manifest may have`);
+    }
+    manifest = parseManifest(new TextDecoder().decode(got.bytes), objects.labelOf(manifestKey));
+    await checkS3Shards(objects, prefix, manifest, label);
+    if (writable) lease = await S3Lease.acquire(objects, keyIn(prefix, LEASE_NAME), target.leaseTimeMs, label);
+  } finally {
+    // The lease keeps the client for its renewals, and closes it when released.
+    if (!lease) objects.close();
+  }
+  const { size, shardSize, shardName: template } = manifest;
+  const store = new ShardedStore({ kind: "s3", bucket: target.bucket, prefix, s3: target.s3, size, shardSize, shardName: template, writable });
+  ShardedStore.adoptS3Writer(store, lease, undefined);
+  return store;
+}
+
+/** Every shard object present must be of the size the manifest gives its index, and not past the last. */
+async function checkS3Shards(objects: S3Objects, prefix: string, manifest: ShardedManifest, label: string): Promise<void> {
+  const parse = shardIndexParser(manifest.shardName);
+  const shardCount = Math.ceil(manifest.size / manifest.shardSize);
+  const listPrefix = prefix.length === 0 ? "" : `${prefix}/`;
+  // The shards, the manifest, the lease, and a little room for objects of other names.
+  for (const item of await objects.list(listPrefix, shardCount + 1000)) {
+    const name = item.key.slice(listPrefix.length);
+    const shardIndex = parse(name);
+    if (shardIndex === undefined) continue;
+    if (shardIndex >= shardCount) {
+      throw new UmapError(ErrorCode.CORRUPT, `${label}: ${objects.labelOf(item.key)} is past the datastore's ${shardCount} shards (the manifest says ${manifest.size} bytes)`);
+    }
+    const expected = Math.min(manifest.shardSize, manifest.size - shardIndex * manifest.shardSize);
+    if (item.byteLength !== expected) {
+      throw new UmapError(ErrorCode.CORRUPT, `${label}: ${objects.labelOf(item.key)} is ${item.byteLength} bytes, the manifest says ${expected}`);
+    }
+  }
 }

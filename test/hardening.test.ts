@@ -497,9 +497,14 @@ describe("failed fills in writable regions", () => {
 });
 
 describe("API consistency", () => {
-  test("an S3 location in capitals is ERR_UMAP_UNSUPPORTED for Lz4Store as for ShardedStore, not a missing local file", async () => {
+  test("an S3 location in capitals is S3 for Lz4Store as for ShardedStore, not a missing local file", async () => {
     const { ShardedStore } = await import("../src/index.ts");
-    expect((await rejection(Lz4Store.open("S3://bucket/data.lz4"))).code).toBe(ErrorCode.UNSUPPORTED);
-    expect((await rejection(ShardedStore.open("S3://bucket/prefix"))).code).toBe(ErrorCode.UNSUPPORTED);
+    // Both refusals come from the S3 path, before any request: a local path would be NOT_FOUND.
+    const lz4 = await rejection(Lz4Store.open("S3://bucket/data.lz4", { writable: true }));
+    expect(lz4.code).toBe(ErrorCode.UNSUPPORTED);
+    expect(lz4.message).toContain("opens read-only");
+    const sharded = await rejection(ShardedStore.open("S3://bucket/prefix", { maxOpenFiles: 4 }));
+    expect(sharded.code).toBe(ErrorCode.INVALID_ARGUMENT);
+    expect(sharded.message).toContain("an S3 datastore opens no files");
   });
 });

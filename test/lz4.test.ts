@@ -241,15 +241,18 @@ test("over an asynchronous range, reads of many spans resolve with the right byt
 });
 
 describe("arguments", () => {
-  test("s3 locations and options are refused as not available yet", async () => {
-    for (const attempt of [
-      Lz4Store.open("s3://bucket/key.lz4"),
-      Lz4Store.open(tempPath("x.lz4"), { s3: { region: "us-east-1" } }),
-      Lz4Store.pack("s3://bucket/raw", tempPath("x.lz4")),
-    ]) {
-      const error = await rejection(attempt);
-      expect(error.code).toBe(ErrorCode.UNSUPPORTED);
-      expect(error.message).toContain("S3 backing for Lz4Store is not available yet");
+  test("S3 where it is not supported: writable opens, S3 sources, unpack and compact; the s3 option on a local file", async () => {
+    for (const [attempt, code, text] of [
+      [() => Lz4Store.open("s3://bucket/key.lz4", { writable: true }), ErrorCode.UNSUPPORTED, "opens read-only"],
+      [() => Lz4Store.pack("s3://bucket/raw", tempPath("x.lz4")), ErrorCode.UNSUPPORTED, "must be a local file"],
+      [() => Lz4Store.unpack("s3://bucket/key.lz4", tempPath("x.raw")), ErrorCode.UNSUPPORTED, "local files only"],
+      [() => Lz4Store.compact("s3://bucket/key.lz4"), ErrorCode.UNSUPPORTED, "local files only"],
+      [() => Lz4Store.open(tempPath("x.lz4"), { s3: { region: "us-east-1" } }), ErrorCode.INVALID_ARGUMENT, "option s3"],
+      [() => Lz4Store.open("s3://bucket/", {}), ErrorCode.INVALID_ARGUMENT, "names no object"],
+    ] as [() => Promise<unknown>, ErrorCode, string][]) {
+      const error = await rejection(attempt());
+      expect(error.code).toBe(code);
+      expect(error.message).toContain(text);
     }
   });
 

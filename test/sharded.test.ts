@@ -315,10 +315,14 @@ describe("bad datastores: a typed error naming the file", () => {
     expect((await rejection(() => ShardedStore.open(directory, { writable: "yes" as never }))).message).toContain("writable");
   });
 
-  test("S3 locations and the s3 option are ERR_UMAP_UNSUPPORTED", async () => {
-    expect((await rejection(() => ShardedStore.create("s3://bucket/prefix", { size: 4096, shardSize: 4096 }))).code).toBe(ErrorCode.UNSUPPORTED);
-    expect((await rejection(() => ShardedStore.open("s3://bucket/prefix"))).code).toBe(ErrorCode.UNSUPPORTED);
-    expect((await rejection(() => ShardedStore.open(freshPath("local"), { s3: { region: "x" } }))).code).toBe(ErrorCode.UNSUPPORTED);
+  test("S3-only options on a local directory, and a malformed s3:// location, are ERR_UMAP_INVALID_ARGUMENT", async () => {
+    const local = await rejection(() => ShardedStore.open(freshPath("local"), { s3: { region: "x" } }));
+    expect(local.code).toBe(ErrorCode.INVALID_ARGUMENT);
+    expect(local.message).toContain("option s3");
+    expect((await rejection(() => ShardedStore.create(freshPath("local"), { size: 4096, shardSize: 4096, leaseTimeMs: 5000 }))).code).toBe(ErrorCode.INVALID_ARGUMENT);
+    const malformed = await rejection(() => ShardedStore.open("s3://Not_A_Bucket!/prefix"));
+    expect(malformed.code).toBe(ErrorCode.INVALID_ARGUMENT);
+    expect(malformed.message).toContain("Not_A_Bucket!");
   });
 });
 

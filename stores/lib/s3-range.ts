@@ -20,18 +20,9 @@ import { GetObjectCommand, HeadBucketCommand, HeadObjectCommand, S3Client, type 
 import { ErrorCode, UmapError, describeError, describeValue, invalidArgument } from "../../src/errors.ts";
 import { checkBucket, checkKey } from "./s3-location.ts";
 import { SharedChunks, SHARED_SLOTS_MAX } from "./shared-chunks.ts";
+import type { ByteRange } from "./byte-range.ts";
 
-/** The shape every byte-range source has (a local file, an S3 object). */
-export interface ByteRange {
-  /** Bytes. */
-  readonly size: number;
-  /** Names the source in messages. */
-  readonly label: string;
-  /** Fills `target` completely with the bytes at `byteOffset`. */
-  read(byteOffset: number, target: Uint8Array): void | Promise<void>;
-  write?(byteOffset: number, source: Uint8Array): void | Promise<void>;
-  close?(): void | Promise<void>;
-}
+export type { ByteRange } from "./byte-range.ts";
 
 /** Static credentials: each worker thread gets a copy, so they must be plain data. */
 export interface S3Credentials {
@@ -94,8 +85,8 @@ const CONCURRENCY_MAX = 64;
 const MAX_ATTEMPTS_MAX = 20;
 const TIMEOUT_MS_MAX = 10 * 60_000;
 /** First backoff ceiling; doubles per attempt up to BACKOFF_CAP_MS (full jitter below it). */
-const BACKOFF_BASE_MS = 50;
-const BACKOFF_CAP_MS = 2_000;
+export const BACKOFF_BASE_MS = 50;
+export const BACKOFF_CAP_MS = 2_000;
 /** Chunks the shared table holds per GET allowed in flight: room to fetch ahead while others are read. */
 const TABLE_SLOTS_PER_REQUEST = 2;
 /** Extra slots for demand fetches of chunks the read-ahead did not foresee. */
@@ -208,7 +199,7 @@ export function redactUrl(url: string): string {
 }
 
 /** How a failed request is treated. */
-interface Failure {
+export interface Failure {
   retryable: boolean;
   /** What went wrong, in a few words, without secrets. */
   reason: string;
@@ -230,7 +221,7 @@ const NETWORK_CODES = new Set([
 const THROTTLE_NAMES = new Set(["SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests", "RequestThrottled"]);
 
 /** Sorts an error from the SDK (or a short body) into retryable or not, with a code for users. */
-function classify(error: unknown): Failure {
+export function classify(error: unknown): Failure {
   if (error instanceof UmapError) return { retryable: false, reason: error.message, code: error.code };
   if (error instanceof ShortBodyError) return { retryable: true, reason: error.message, code: ErrorCode.STORE };
   const e = error as { name?: string; code?: string; message?: string; $metadata?: { httpStatusCode?: number } };
@@ -592,7 +583,7 @@ export class S3Range implements ByteRange {
   }
 }
 
-function clientConfig(config: ResolvedS3Config): S3ClientConfig {
+export function clientConfig(config: ResolvedS3Config): S3ClientConfig {
   const client: S3ClientConfig = {
     // Retries are ours (bounded in time as well as count, and counted): the SDK makes one attempt.
     maxAttempts: 1,
