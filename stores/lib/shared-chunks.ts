@@ -210,9 +210,16 @@ export class SharedChunks {
     }
   }
 
-  /** Free slots count as the oldest. */
+  /**
+   * Which slot a claim takes first: free slots, then chunks every byte of which has been read
+   * (least recently used first), then other unpinned chunks (read-ahead not read yet).
+   */
   #age(slot: number): number {
-    return this.#words[this.#field(slot, Field.STATE)] === State.FREE ? -1 : this.#words[this.#field(slot, Field.LAST_USE)]!;
+    const w = this.#words;
+    if (w[this.#field(slot, Field.STATE)] === State.FREE) return -(2 ** 34);
+    const lastUse = w[this.#field(slot, Field.LAST_USE)]!;
+    const consumed = w[this.#field(slot, Field.DELIVERED_BYTES)]! >= w[this.#field(slot, Field.BYTE_LENGTH)]!;
+    return consumed ? lastUse - 2 ** 33 : lastUse;
   }
 
   /** The claimed slot holds its chunk's bytes now: readers may pin it; `pin` pins it for the caller. */
@@ -231,15 +238,16 @@ export class SharedChunks {
   }
 
   /**
-   * A reader is done with a pinned slot, having used byteCount of its bytes: once every byte of
-   * the chunk has been read, its pages are filled and the slot is free.
+   * A reader is done with a pinned slot, having used byteCount of its bytes. A chunk every byte
+   * of which has been read stays in its slot, the first to be reused: freeing it at once let a
+   * worker whose read-ahead lagged behind (its own last read was earlier in the object) fetch it
+   * again, since nothing said it had been read (measured: one chunk fetched twice, under load).
    */
   delivered(slot: number, byteCount: number): void {
     const w = this.#words;
     this.#lock();
-    const pins = --w[this.#field(slot, Field.PINS)]!;
-    const delivered = (w[this.#field(slot, Field.DELIVERED_BYTES)]! += byteCount);
-    if (pins === 0 && delivered >= w[this.#field(slot, Field.BYTE_LENGTH)]!) w[this.#field(slot, Field.STATE)] = State.FREE;
+    w[this.#field(slot, Field.PINS)]!--;
+    w[this.#field(slot, Field.DELIVERED_BYTES)]! += byteCount;
     this.#unlock();
   }
 }
