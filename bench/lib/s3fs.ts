@@ -11,6 +11,7 @@ import { join } from "node:path";
 /** How long a mount may take to show the bucket's objects. */
 const MOUNT_TIMEOUT_MS = 15_000;
 const UNMOUNT_TIMEOUT_MS = 5_000;
+const UNMOUNT_ATTEMPTS = 10;
 
 export interface S3fsMount {
   /** The mount point: objects appear as files under it. */
@@ -66,7 +67,15 @@ export async function mountS3fs(target: S3fsTarget): Promise<S3fsMount | string>
   const unmount = async () => {
     // fusermount -u ends a foreground s3fs; the kill is for one that did not go.
     const fusermount = Bun.which("fusermount") ?? Bun.which("fusermount3")!;
-    if (isMountPoint(mountPoint)) Bun.spawnSync([fusermount, "-u", mountPoint], { timeout: UNMOUNT_TIMEOUT_MS });
+    // A mapping of a file under the mount that the collector has not yet freed keeps it busy:
+    // collect and try again, a bounded number of times, before detaching it lazily.
+    for (let attempt = 0; attempt < UNMOUNT_ATTEMPTS && isMountPoint(mountPoint); attempt++) {
+      if (attempt > 0) {
+        Bun.gc(true);
+        await Bun.sleep(100);
+      }
+      Bun.spawnSync([fusermount, "-u", mountPoint], { timeout: UNMOUNT_TIMEOUT_MS, stderr: "ignore" });
+    }
     if (isMountPoint(mountPoint)) Bun.spawnSync(["umount", "-l", mountPoint], { timeout: UNMOUNT_TIMEOUT_MS });
     await Promise.race([child.exited, Bun.sleep(UNMOUNT_TIMEOUT_MS)]);
     if (child.exitCode === null) child.kill(9);
