@@ -15,6 +15,8 @@ export type S3ServerKind = "s3rver" | "moto";
 
 export interface S3Server {
   readonly kind: S3ServerKind;
+  /** The server process, for reading its CPU time (benchmarks). */
+  readonly pid: number;
   readonly endpoint: string;
   readonly credentials: S3Credentials;
   readonly bucket: string;
@@ -82,7 +84,7 @@ async function startS3rver(bucket: string): Promise<S3Server | string> {
   }
   const { port } = JSON.parse(line) as { port: number };
   const endpoint = `http://127.0.0.1:${port}`;
-  return finish("s3rver", endpoint, S3RVER_CREDENTIALS, bucket, async () => {
+  return finish("s3rver", child.pid, endpoint, S3RVER_CREDENTIALS, bucket, async () => {
     child.stdin.end();
     await Promise.race([child.exited, Bun.sleep(STOP_TIMEOUT_MS)]);
     child.kill();
@@ -112,7 +114,7 @@ async function startMoto(bucket: string): Promise<S3Server | string> {
     dir.remove();
     return `did not start within ${START_TIMEOUT_MS} ms`;
   }
-  return finish("moto", `http://127.0.0.1:${port}`, MOTO_CREDENTIALS, bucket, async () => {
+  return finish("moto", child.pid, `http://127.0.0.1:${port}`, MOTO_CREDENTIALS, bucket, async () => {
     child.kill();
     await Promise.race([child.exited, Bun.sleep(STOP_TIMEOUT_MS)]);
     child.kill(9);
@@ -122,6 +124,7 @@ async function startMoto(bucket: string): Promise<S3Server | string> {
 
 async function finish(
   kind: S3ServerKind,
+  pid: number,
   endpoint: string,
   credentials: S3Credentials,
   bucket: string,
@@ -144,6 +147,7 @@ async function finish(
   };
   return {
     kind,
+    pid,
     endpoint,
     credentials,
     bucket,

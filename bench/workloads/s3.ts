@@ -31,12 +31,15 @@ const CONCURRENCY = 4;
 const SEQ_PAGE_SIZE = 1 * MiB;
 const BLOCK_BYTES = 64 * KiB;
 const RANDOM_SEED = 0x53_0bad;
+/** USER_HZ: /proc/PID/stat counts CPU time in these on every Linux architecture Bun runs on. */
+const CLOCK_TICKS_PER_SECOND = 100;
 
 const SEQ_STORE = "seq: umap S3Store 1 MiB";
 const SEQ_SDK = "seq: SDK ranged GETs";
 const SEQ_BUN = "seq: Bun.S3Client ranged GETs";
 const SEQ_S3FS = "seq: s3fs + Bun.mmap";
 const RANDOM_STORE = "random: umap S3Store 64 KiB";
+const RANDOM_STORE_READ = "random: S3Store.read, no umap";
 const RANDOM_SDK = "random: SDK ranged GET";
 const RANDOM_BUN = "random: Bun.S3Client ranged GET";
 const RANDOM_S3FS = "random: s3fs + Bun.mmap";
@@ -104,6 +107,18 @@ function mapAndRun<T>(path: string, file: Float64File, fn: (values: Float64Array
   return fn(new Float64Array(bytes.buffer, bytes.byteOffset, file.wordCount));
 }
 
+/** User + system CPU seconds of a process so far, from /proc (NaN where it cannot be read). */
+function processCpuSeconds(pid: number): number {
+  try {
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
+  } catch {
+    return Number.NaN;
+  }
+}
+
 function latencyExtra(latenciesNs: Float64Array): Record<string, number> {
   const list = Array.from(latenciesNs);
   return { p50Us: percentile(list, 0.5) / 1e3, p90Us: percentile(list, 0.9) / 1e3, p99Us: percentile(list, 0.99) / 1e3 };
@@ -157,12 +172,30 @@ async function measure(
     region: server.s3.region,
   });
   const checkSum = (sum: number) => (sum === file.sum ? null : `sum ${sum}, expected ${file.sum}`);
-  /** Bytes the server sent during fn, as a multiple of the object: 1 when each byte went once. */
+  /**
+   * Adds what the run cost around fn: the bytes the server sent, as a multiple of the object (1
+   * when each byte went once), its requests, and the CPU seconds of this process (every thread:
+   * the reader, the engine, the workers) and of the server process. Two cores bound the sum.
+   */
   const withServed = async (fn: () => Promise<Sample>): Promise<Sample> => {
     const before = await server.served();
+    const cpuBefore = process.cpuUsage();
+    const serverCpuBefore = processCpuSeconds(server.pid);
     const sample = await fn();
+    const cpu = process.cpuUsage(cpuBefore);
+    const serverCpuAfter = processCpuSeconds(server.pid);
     const after = await server.served();
-    return { ...sample, extra: { ...sample.extra, sentPerObjectByte: (after.getBytes - before.getBytes) / byteLength, getRequests: after.requests - before.requests } };
+    return {
+      ...sample,
+      extra: {
+        sentPerObjectByte: (after.getBytes - before.getBytes) / byteLength,
+        getRequests: after.requests - before.requests,
+        cpuSeconds: (cpu.user + cpu.system) / 1e6,
+        serverCpuSeconds: serverCpuAfter - serverCpuBefore,
+        // A system's own figures of its timed part (umap's scan without its setup) win.
+        ...sample.extra,
+      },
+    };
   };
 
   // s3fs: tried once up front, so a machine without FUSE records why instead of failing runs.
@@ -203,6 +236,8 @@ async function measure(
           const setupStart = Bun.nanoseconds();
           const store = new S3Store({ bucket: BUCKET, key: KEY, ...server.s3, chunkSize: CHUNK_SIZE, concurrency: CONCURRENCY });
           const region = await umap(store, { pageSize: SEQ_PAGE_SIZE, bufferSize });
+          const cpuBefore = process.cpuUsage();
+          const serverCpuBefore = processCpuSeconds(server.pid);
           const scanStart = Bun.nanoseconds();
           let sum: number;
           try {
@@ -212,6 +247,8 @@ async function measure(
             throw error;
           }
           const scanEnd = Bun.nanoseconds();
+          const cpu = process.cpuUsage(cpuBefore);
+          const serverCpuSeconds = processCpuSeconds(server.pid) - serverCpuBefore;
           const stats = region.stats();
           await region.close();
           return {
@@ -220,6 +257,8 @@ async function measure(
             extra: {
               setupMs: (scanStart - setupStart) / 1e6,
               closeMs: (Bun.nanoseconds() - scanEnd) / 1e6,
+              cpuSeconds: (cpu.user + cpu.system) / 1e6,
+              serverCpuSeconds,
               faults: stats.faults,
               fills: stats.fills,
               fillRequests: stats.fillRequests,
@@ -326,6 +365,22 @@ async function measure(
       metric: reads,
       summarize: summarizeLatency,
     },
+    {
+      // The store alone, called on this thread: what S3Store costs a read without the pager.
+      name: RANDOM_STORE_READ,
+      async run() {
+        const store = new S3Store({ bucket: BUCKET, key: KEY, ...server.s3, chunkSize: BLOCK_BYTES, concurrency: CONCURRENCY });
+        await store.open();
+        const target = new Uint8Array(BLOCK_BYTES);
+        try {
+          return await getBlocks(async (start) => (await store.read(start, target), target));
+        } finally {
+          await store.close();
+        }
+      },
+      metric: reads,
+      summarize: summarizeLatency,
+    },
     { name: RANDOM_SDK, run: () => getBlocks(sdkGet(server.client)), metric: reads, summarize: summarizeLatency },
     { name: RANDOM_BUN, run: () => getBlocks(bunGet(bunClient)), metric: reads, summarize: summarizeLatency },
   ];
@@ -384,7 +439,8 @@ async function measure(
     notes: [
       `The ceiling is the AWS SDK client S3Store uses, fetching the whole object as ${formatBytes(CHUNK_SIZE)} ranged GETs, ${CONCURRENCY} in flight, and summing each body: what S3Store's chunk size and concurrency allow with no pager in between.`,
       "Timed for umap: the scan only; umap() (HeadObject, starting the engine and its workers) is setupMs. The GET systems have no setup. s3fs: the mount is setupMs, the scan through Bun.mmap is timed.",
-      "Random: each read is one distinct 64 KiB block, read and summed, timed on its own; latencies are of the median repeat. sentPerObjectByte is the GET body bytes s3rver sent during a run over the object's size.",
+      "Random: each read is one distinct 64 KiB block, read and summed, timed on its own; latencies are of the median repeat. \"S3Store.read, no umap\" calls the same store on the main thread, to separate the store's cost from the pager's.",
+      "seq extra: sentPerObjectByte is the GET body bytes s3rver sent during a run over the object's size; cpuSeconds is this process's CPU time (all threads) and serverCpuSeconds s3rver's, over the timed part for umap and over the whole run for the others (which have no setup).",
     ],
   };
 }
