@@ -145,9 +145,11 @@ describe("bench --quick", () => {
         expect(stdout).toContain(s3.skipped![0]!.reason);
       }
       const s3Store = s3.systems.find((s) => s.name === "seq: umap S3Store 1 MiB")!;
-      // Every page of the object was filled, and the server sent each byte once.
+      // Every page of the object was filled. The ceiling's GETs send each byte exactly once;
+      // S3Store's did too in quick runs, but a reader that finds the chunk table full (or the
+      // fetching thread stalled, as under load) fetches its part again, so only at least once.
       expect(s3Store.extra.fills).toBe(Number(s3.parameters.byteLength) / (1024 * 1024));
-      expect(s3Store.extra.sentPerObjectByte).toBe(1);
+      expect(s3Store.extra.sentPerObjectByte).toBeGreaterThanOrEqual(1);
       const ceiling = s3.systems.find((s) => s.name === "seq: SDK ranged GETs")!;
       expect(ceiling.extra.sentPerObjectByte).toBe(1);
       // Each random read was a distinct block: one fill of one 64 KiB page per read.

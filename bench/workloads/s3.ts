@@ -355,9 +355,25 @@ async function measure(
         const region = await umap(store, { pageSize: BLOCK_BYTES, bufferSize: randomBufferSize, readAhead: 0 });
         try {
           const values = new Float64Array(region.bytes.buffer, region.bytes.byteOffset, file.wordCount);
+          const cpuBefore = process.cpuUsage();
+          const serverCpuBefore = processCpuSeconds(server.pid);
           const { sum, seconds } = timedBlocksSync(values);
+          const cpu = process.cpuUsage(cpuBefore);
+          const serverCpuSeconds = processCpuSeconds(server.pid) - serverCpuBefore;
           const stats = region.stats();
-          return { seconds, problem: checkRandom(sum), extra: { ...latencyExtra(latenciesNs), faults: stats.faults, fills: stats.fills, fillRequests: stats.fillRequests, evictions: stats.evictions } };
+          return {
+            seconds,
+            problem: checkRandom(sum),
+            extra: {
+              ...latencyExtra(latenciesNs),
+              cpuSeconds: (cpu.user + cpu.system) / 1e6,
+              serverCpuSeconds,
+              faults: stats.faults,
+              fills: stats.fills,
+              fillRequests: stats.fillRequests,
+              evictions: stats.evictions,
+            },
+          };
         } finally {
           await region.close();
         }
@@ -401,6 +417,12 @@ async function measure(
     });
   }
 
+  // The random systems also report what the server sent: s3fs and the kernel fetch ahead of
+  // the block asked for, the others exactly the block.
+  for (const system of randomSystems) {
+    const run = system.run.bind(system);
+    system.run = (repeatIndex) => withServed(() => run(repeatIndex));
+  }
   const seq = await runSystems(context, "s3", seqSystems);
   const random = await runSystems(context, "s3", randomSystems);
   const systems = [...seq.systems, ...random.systems];
@@ -440,7 +462,7 @@ async function measure(
       `The ceiling is the AWS SDK client S3Store uses, fetching the whole object as ${formatBytes(CHUNK_SIZE)} ranged GETs, ${CONCURRENCY} in flight, and summing each body: what S3Store's chunk size and concurrency allow with no pager in between.`,
       "Timed for umap: the scan only; umap() (HeadObject, starting the engine and its workers) is setupMs. The GET systems have no setup. s3fs: the mount is setupMs, the scan through Bun.mmap is timed.",
       "Random: each read is one distinct 64 KiB block, read and summed, timed on its own; latencies are of the median repeat. \"S3Store.read, no umap\" calls the same store on the main thread, to separate the store's cost from the pager's.",
-      "seq extra: sentPerObjectByte is the GET body bytes s3rver sent during a run over the object's size; cpuSeconds is this process's CPU time (all threads) and serverCpuSeconds s3rver's, over the timed part for umap and over the whole run for the others (which have no setup).",
+      "extra: sentPerObjectByte is the GET body bytes s3rver sent during a run over the object's size; cpuSeconds is this process's CPU time (all threads) and serverCpuSeconds s3rver's, over the timed part for umap (seq and random) and over the whole run for the others.",
     ],
   };
 }
