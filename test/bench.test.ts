@@ -146,8 +146,8 @@ describe("bench --quick", () => {
       }
       const s3Store = s3.systems.find((s) => s.name === "seq: umap S3Store 1 MiB")!;
       // Every page of the object was filled. The ceiling's GETs send each byte exactly once;
-      // S3Store's did too in quick runs, but a reader that finds the chunk table full (or the
-      // fetching thread stalled, as under load) fetches its part again, so only at least once.
+      // S3Store's did in quick runs, but it may fetch part of a chunk again when its chunk table
+      // has no room (seen in one full run: 1.03 times the object), so only at least once.
       expect(s3Store.extra.fills).toBe(Number(s3.parameters.byteLength) / (1024 * 1024));
       expect(s3Store.extra.sentPerObjectByte).toBeGreaterThanOrEqual(1);
       const ceiling = s3.systems.find((s) => s.name === "seq: SDK ranged GETs")!;
