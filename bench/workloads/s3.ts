@@ -161,9 +161,9 @@ async function measure(
   context: BenchContext,
   server: S3Server,
   file: Float64File,
-  p: { byteLength: number; bufferSize: number; randomBufferSize: number; readCount: number; uploadSeconds: number },
+  setup: { byteLength: number; bufferSize: number; randomBufferSize: number; readCount: number; uploadSeconds: number },
 ) {
-  const { byteLength, bufferSize, randomBufferSize, readCount } = p;
+  const { byteLength, bufferSize, randomBufferSize, readCount } = setup;
   const bunClient = new Bun.S3Client({
     endpoint: server.endpoint,
     accessKeyId: server.credentials.accessKeyId,
@@ -447,7 +447,7 @@ async function measure(
       readAhead: "adaptive (seq), 0 (random)",
       seed: RANDOM_SEED,
       repeats: context.repeats,
-      uploadSeconds: p.uploadSeconds,
+      uploadSeconds: setup.uploadSeconds,
       s3fs: s3fsReason === null ? "mounted (s3fs-fuse, default options), again before each run" : `not run: ${s3fsReason}`,
     },
     systems,
