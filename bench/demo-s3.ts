@@ -14,7 +14,7 @@ import { DeleteObjectCommand, PutObjectCommand, S3Client } from "@aws-sdk/client
 import { readFileSync } from "node:fs";
 import { basename } from "node:path";
 import { S3Store, umap, UmapError, type Region, type S3Options } from "../src/index.ts";
-import { startS3Server } from "../test/s3-helpers.ts";
+import { startS3Server } from "./lib/s3-server.ts";
 
 export interface DemoS3Options {
   path: string;

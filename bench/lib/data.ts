@@ -32,6 +32,16 @@ export function valueAt(wordIndex: number, seed: number): number {
   return h >>> 12;
 }
 
+/**
+ * The compressible data's Float64 value at wordIndex: a 12-bit reading held for
+ * COMPRESSIBLE_RUN_WORDS words (a sampled sensor, say), so runs of equal 8-byte words repeat and
+ * LZ4 packs it about 4-5 to 1, while every value is still a function of its index.
+ */
+export const COMPRESSIBLE_RUN_WORDS = 8;
+export function compressibleValueAt(wordIndex: number, seed: number): number {
+  return valueAt(Math.floor(wordIndex / COMPRESSIBLE_RUN_WORDS), seed) & 0xfff;
+}
+
 /** Sum of valueAt(i, seed) for i in [0, count). */
 export function expectedSum(count: number, seed: number): number {
   let sum = 0;
@@ -73,6 +83,7 @@ export class DataDir {
   readonly path: string;
   readonly #float64 = new Map<number, Float64File>();
   readonly #u64 = new Map<number, U64File>();
+  readonly #compressible = new Map<number, Float64File>();
   #scratchCount = 0;
 
   constructor(readonly progress: (message: string) => void) {
@@ -105,6 +116,31 @@ export class DataDir {
     }
     const file = { path, byteLength, wordCount: byteLength / 8, seed: SEED, sum, touchSum };
     this.#float64.set(byteLength, file);
+    return file;
+  }
+
+  /** A file of byteLength bytes of compressibleValueAt values from SEED (touchSum is not kept: 0). */
+  compressibleFile(byteLength: number): Float64File {
+    const known = this.#compressible.get(byteLength);
+    if (known) return known;
+    if (byteLength % TOUCH_STRIDE_BYTES !== 0) throw new RangeError(`data files are whole 4 KiB pages, got ${byteLength} bytes`);
+    const path = join(this.path, `compressible-${byteLength}.bin`);
+    this.progress(`making ${path} (${formatBytes(byteLength)} of compressible Float64, seed ${SEED.toString(16)})`);
+    const chunk = new Float64Array(CHUNK_BYTES / 8);
+    let sum = 0;
+    const fd = openSync(path, "w");
+    try {
+      for (let byteOffset = 0; byteOffset < byteLength; byteOffset += CHUNK_BYTES) {
+        const words = chunk.subarray(0, Math.min(CHUNK_BYTES, byteLength - byteOffset) / 8);
+        const firstWord = byteOffset / 8;
+        for (let i = 0; i < words.length; i++) sum += words[i] = compressibleValueAt(firstWord + i, SEED);
+        writeAll(fd, new Uint8Array(words.buffer, 0, words.byteLength));
+      }
+    } finally {
+      closeSync(fd);
+    }
+    const file = { path, byteLength, wordCount: byteLength / 8, seed: SEED, sum, touchSum: 0 };
+    this.#compressible.set(byteLength, file);
     return file;
   }
 

@@ -51,9 +51,16 @@ export interface WorkloadResult {
   ratios: Ratio[];
   targets: Target[];
   checks: Check[];
+  /** Systems that could not run here, each with the exact reason (a missing device, package). */
+  skipped?: Skipped[];
   notes: string[];
   startedAt: string;
   wallSeconds: number;
+}
+
+export interface Skipped {
+  name: string;
+  reason: string;
 }
 
 export function target(description: string, measured: number, comparison: Target["comparison"], threshold: number): Target {
@@ -67,7 +74,8 @@ export function writeResult(outDir: string, result: WorkloadResult): { jsonPath:
   const svgPath = join(outDir, `${result.workload}.svg`);
   writeFileSync(jsonPath, JSON.stringify(result, null, 2) + "\n");
   const first = result.systems[0];
-  const unit = first ? `${first.metric.name} (${first.metric.unit})` : "";
+  // Every metric the workload reports, once each: "throughput (GB/s)", "reads (reads/s)".
+  const unit = [...new Set(result.systems.map((s) => `${s.metric.name} (${s.metric.unit})`))].join(", ");
   const higherIsBetter = first?.metric.higherIsBetter ?? true;
   const title =
     `${result.workload}: ${result.description}` + (result.quick ? " [quick]" : "");
@@ -80,6 +88,7 @@ export function writeResult(outDir: string, result: WorkloadResult): { jsonPath:
         // Per-read latency is what the random workload is judged on: show it next to the rate.
         label: "p50Us" in system.extra ? `${system.name} (p50 ${formatFigure(Number(system.extra.p50Us))} us)` : system.name,
         value: system.metric.value,
+        unit: system.metric.unit,
       })),
       unit: first?.metric.unit ?? "",
     }),
@@ -105,6 +114,9 @@ export function formatTable(results: WorkloadResult[]): string {
       const percentiles = ["p50Us", "p99Us"].filter((k) => k in system.extra).map((k) => `${k.slice(0, 3)} ${formatFigure(Number(system.extra[k]))} us`);
       const notes = [ratio ? `${formatFigure(ratio.value)}x ${ratio.name.split(" / ")[1]}` : "", ...percentiles].filter(Boolean).join(", ");
       rows.push([result.workload, system.name, `${formatFigure(system.medianSeconds)} s`, `${formatFigure(system.metric.value)} ${system.metric.unit}`, notes]);
+    }
+    for (const skipped of result.skipped ?? []) {
+      rows.push([result.workload, skipped.name, "", "not run", skipped.reason]);
     }
     for (const t of result.targets) {
       rows.push([result.workload, `target: ${t.description}`, "", `${formatFigure(t.measured)} (${t.comparison} ${t.threshold})`, t.met ? "met" : "NOT met"]);

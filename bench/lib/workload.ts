@@ -3,7 +3,7 @@
  * in alternating order, check what each run computed, and summarize the samples.
  */
 import type { DataDir } from "./data.ts";
-import type { Check, Ratio, SystemResult, Target } from "./report.ts";
+import type { Check, Ratio, Skipped, SystemResult, Target } from "./report.ts";
 import { alternation, median } from "./stats.ts";
 
 export interface BenchContext {
@@ -41,6 +41,8 @@ export interface WorkloadOutcome {
   ratios: Ratio[];
   targets: Target[];
   checks: Check[];
+  /** Systems that could not run on this machine, with why. */
+  skipped?: Skipped[];
   notes: string[];
 }
 
