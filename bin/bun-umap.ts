@@ -43,9 +43,9 @@ function formatBytes(bytes: number): string {
   return bytes >= KiB ? `${(bytes / KiB).toFixed(1)} KiB` : `${bytes} B`;
 }
 
-function operands(positionals: string[], names: string[]): string[] {
+function operands(command: string, positionals: string[], names: string[]): string[] {
   if (positionals.length !== names.length) {
-    usageError(`${positionals[0] ?? "command"} takes ${names.join(" ")}, got ${positionals.length} argument(s)`);
+    usageError(`${command} takes ${names.join(" ")}, got ${positionals.length} argument(s)`);
   }
   return positionals;
 }
@@ -71,7 +71,7 @@ async function main(): Promise<number> {
   if (values.json && command !== "info") usageError("--json is an option of info only");
   switch (command) {
     case "pack": {
-      const [source, target] = operands(rest, ["SOURCE", "TARGET"]);
+      const [source, target] = operands(command, rest, ["SOURCE", "TARGET"]);
       const chunkSize = values["chunk-size"] === undefined ? undefined : parseSize("chunk-size", values["chunk-size"]);
       // A size that is well formed but not one a packed file can have is bad usage too.
       if (chunkSize !== undefined && (!isPowerOfTwo(chunkSize) || chunkSize < CHUNK_SIZE_MIN || chunkSize > CHUNK_SIZE_MAX)) {
@@ -91,13 +91,13 @@ async function main(): Promise<number> {
       return 0;
     }
     case "unpack": {
-      const [source, target] = operands(rest, ["SOURCE", "TARGET"]);
+      const [source, target] = operands(command, rest, ["SOURCE", "TARGET"]);
       await Lz4Store.unpack(source!, target!);
       process.stdout.write(`unpacked ${source} into ${target}\n`);
       return 0;
     }
     case "verify": {
-      const [path] = operands(rest, ["FILE"]);
+      const [path] = operands(command, rest, ["FILE"]);
       const store = await Lz4Store.open(path!);
       try {
         const { chunkCount, badChunks } = await store.verify();
@@ -113,7 +113,7 @@ async function main(): Promise<number> {
       }
     }
     case "info": {
-      const [path] = operands(rest, ["FILE"]);
+      const [path] = operands(command, rest, ["FILE"]);
       const store = await Lz4Store.open(path!);
       try {
         const info = store.info();
@@ -135,7 +135,7 @@ async function main(): Promise<number> {
       }
     }
     case "compact": {
-      const [path] = operands(rest, ["FILE"]);
+      const [path] = operands(command, rest, ["FILE"]);
       const { byteLengthBefore, byteLengthAfter } = await Lz4Store.compact(path!);
       process.stdout.write(`compacted ${path}: ${formatBytes(byteLengthBefore)} -> ${formatBytes(byteLengthAfter)}\n`);
       return 0;

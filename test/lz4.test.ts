@@ -630,6 +630,8 @@ describe("cli", () => {
       expect(run.stderr).toContain("usage: bun-umap");
     }
     expect(runCli("--help").exitCode).toBe(0);
+    // The message names the command, not its first operand.
+    expect(runCli("pack", "only-one").stderr).toContain("bun-umap: pack takes SOURCE TARGET, got 1 argument(s)");
   });
 });
 
