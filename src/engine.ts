@@ -291,7 +291,7 @@ export class Engine {
       this.#orphanPoll = undefined;
     }
     if (error === null) waiter.resolve();
-    else waiter.reject(new UmapError(ErrorCode.STORE, `${waiter.describe}: ${error}`));
+    else waiter.reject(fillFailure(waiter.describe, error));
   }
 
   #shutdown(): Promise<void> {
@@ -309,6 +309,19 @@ export class Engine {
     })();
     return this.#stopping;
   }
+}
+
+/**
+ * The error a prefetch rejects with when a fill failed. The worker reports the store's error as
+ * text ("cannot fill <store> at byte offset N (M bytes): <code>: <message>"); it becomes the
+ * cause, and a store's ERR_UMAP_CORRUPT (stored data failed a check) keeps its code, since
+ * that is not an I/O failure a retry could mend.
+ */
+function fillFailure(describe: string, text: string): UmapError {
+  const storeCode = /\(\d+ bytes\): (ERR_UMAP_[A-Z_]+): /.exec(text)?.[1];
+  const cause = Object.assign(new Error(text), storeCode === undefined ? {} : { code: storeCode });
+  const code = storeCode === ErrorCode.CORRUPT ? ErrorCode.CORRUPT : ErrorCode.STORE;
+  return new UmapError(code, `${describe}: ${text}`, { cause });
 }
 
 function waitForExit(worker: Worker): Promise<void> {

@@ -209,6 +209,9 @@ describe("prefetch", () => {
     expect(error).toBeInstanceOf(UmapError);
     expect((error as UmapError).code).toBe("ERR_UMAP_STORE");
     expect((error as UmapError).message).toContain("injected failure at byte 1048576");
+    // The store's own error is the cause, as for every error of the library.
+    expect((error as UmapError).cause).toBeInstanceOf(Error);
+    expect(((error as UmapError).cause as Error).message).toContain("injected failure at byte 1048576");
     expect(region.stats().fillErrors).toBe(1);
     expect(region.stats().poisonedPages).toBe(0);
     // Pages outside the failing range are fine.

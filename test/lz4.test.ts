@@ -178,8 +178,9 @@ describe("pack and read", () => {
         const mapped = await umap(damaged, { bufferSize: 4 * MiB });
         try {
           const failed = await rejection(mapped.prefetch(chunkStart, damaged.chunkSize));
-          expect(failed.code).toBe(ErrorCode.STORE);
-          expect(failed.message).toContain(ErrorCode.CORRUPT);
+          expect(failed.code).toBe(ErrorCode.CORRUPT);
+          expect((failed.cause as { code?: string }).code).toBe(ErrorCode.CORRUPT);
+          expect((failed.cause as Error).message).toContain(`chunk ${chunkIndex} `);
           expect(failed.message).toContain(`chunk ${chunkIndex} `);
           expect(mapped.stats().poisonedPages).toBe(0);
           const before = Math.max(0, chunkStart - damaged.chunkSize);
