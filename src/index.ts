@@ -20,3 +20,4 @@ export {
   type ShardedManifest,
 } from "../stores/sharded.ts";
 export { S3Store, type S3StoreOptions, type S3Options, type S3Credentials } from "../stores/s3.ts";
+export { parseS3Location, type S3Location } from "../stores/lib/s3-location.ts";

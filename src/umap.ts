@@ -35,7 +35,12 @@ export async function umap(target: string | Store | StoreDescriptor, options?: U
   let descriptor: StoreDescriptor;
   let label: string;
   let ownsStore = true;
-  if (typeof target === "string") {
+  if (typeof target === "string" && /^s3:\/\//i.test(target)) {
+    invalidArgument(
+      `umap: ${target} is an S3 location; umap() maps a path, a store or a store descriptor: pass ` +
+        "new S3Store({ bucket, key, ...S3Options }) (parseS3Location() splits the location)",
+    );
+  } else if (typeof target === "string") {
     const file = new FileStore(target, { writable });
     [store, descriptor, label] = [file, file.describe(), file.label];
   } else if (isStore(target)) {

@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { defineStore, ErrorCode, umap, UmapError, type UmapOptions } from "../src/index.ts";
+import { defineStore, ErrorCode, parseS3Location, umap, UmapError, type UmapOptions } from "../src/index.ts";
 import FileStore from "../stores/file.ts";
 import { MiB, tempDir, writePatternFile } from "./helpers.ts";
 
@@ -44,6 +44,13 @@ describe("targets", () => {
     const error = await failure(umap(42 as never));
     expect(error.code).toBe("ERR_UMAP_INVALID_ARGUMENT");
     expect(error.message).toContain("target must be a path");
+  });
+
+  test("an s3:// location says to pass an S3Store, not that a local file is missing", async () => {
+    const error = await failure(umap("s3://bucket/key"));
+    expect(error.code).toBe("ERR_UMAP_INVALID_ARGUMENT");
+    expect(error.message).toContain("new S3Store");
+    expect(parseS3Location("s3://bucket/some/key")).toMatchObject({ bucket: "bucket", key: "some/key" });
   });
 
   test("a store module that does not exist", async () => {
