@@ -5,6 +5,7 @@
  * bench/results), and prints one table on stdout. Progress goes to stderr. Exits 1 if any
  * workload's checks failed (a wrong sum, an unsorted array), never for a missed target.
  */
+import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { DataDir } from "./lib/data.ts";
@@ -18,7 +19,9 @@ const USAGE = `usage: bun bench/run.ts [--quick] [--only NAME[,NAME]] [--out DIR
 Workloads: ${WORKLOADS.map((w) => w.name).join(", ")}
   --quick     small data (tens of MiB), 2 repeats: a smoke test of the whole suite
   --only      run these workloads only
-  --out       where to write NAME.json and NAME.svg (default bench/results)
+  --out       where to write NAME.json and NAME.svg (default bench/results; with --quick, a
+              directory under the system's temporary directory, so a smoke run never
+              overwrites the committed results of a full run)
   --repeats   repeats per system (default 5, quick 2; sort and write run at most 3)`;
 
 const benchDir = dirname(new URL(import.meta.url).pathname);
@@ -35,7 +38,7 @@ try {
     options: {
       quick: { type: "boolean", default: false },
       only: { type: "string" },
-      out: { type: "string", default: join(benchDir, "results") },
+      out: { type: "string" },
       repeats: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
@@ -56,7 +59,7 @@ for (const name of names ?? []) {
   if (!WORKLOADS.some((w) => w.name === name)) usageError(`--only: no workload named ${JSON.stringify(name)}`);
 }
 const selected = names ? WORKLOADS.filter((w) => names.includes(w.name)) : WORKLOADS;
-const outDir = resolve(values.out!);
+const outDir = resolve(values.out ?? (quick ? join(tmpdir(), "bun-umap-bench-quick") : join(benchDir, "results")));
 
 const runStart = Bun.nanoseconds();
 function progress(message: string): void {
