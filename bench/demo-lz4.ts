@@ -15,6 +15,11 @@ import { Lz4Store, umap, UmapError } from "../src/index.ts";
 const MiB = 1024 * 1024;
 const HASH_BYTES = 4 * MiB;
 
+/** "66.9 MiB"; sizes under 1 MiB in KiB, so a small packed file does not print as 0.0 MiB. */
+function formatMiB(bytes: number): string {
+  return bytes >= MiB ? `${(bytes / MiB).toFixed(1)} MiB` : `${(bytes / 1024).toFixed(1)} KiB`;
+}
+
 export interface Lz4DemoResult {
   matched: boolean;
   ratio: number;
@@ -53,7 +58,7 @@ export async function demoLz4(
     try {
       const info = store.info();
       print(
-        `lz4      packed ${(info.uncompressedSize / MiB).toFixed(1)} MiB into ${(info.fileByteLength / MiB).toFixed(1)} MiB ` +
+        `lz4      packed ${formatMiB(info.uncompressedSize)} into ${formatMiB(info.fileByteLength)} ` +
           `(ratio ${info.ratio.toFixed(2)}, ${info.chunkCount} chunks of ${info.chunkSize / 1024} KiB, ${info.rawChunkCount} stored raw) ` +
           `in ${packSeconds.toFixed(2)} s`,
       );
