@@ -4,9 +4,9 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { defineStore, ErrorCode, parseS3Location, umap, UmapError, type UmapOptions } from "../src/index.ts";
+import { defineStore, ErrorCode, parseS3Location, umap, type UmapOptions } from "../src/index.ts";
 import FileStore from "../stores/file.ts";
-import { MiB, tempDir, writePatternFile } from "./helpers.ts";
+import { MiB, tempDir, writePatternFile, rejection } from "./helpers.ts";
 
 const dir = tempDir();
 const file = join(dir.path, "data.bin");
@@ -19,42 +19,32 @@ beforeAll(() => {
 });
 afterAll(() => dir.remove());
 
-async function failure(promise: Promise<unknown> | (() => unknown)): Promise<UmapError> {
-  try {
-    await (typeof promise === "function" ? promise() : promise);
-  } catch (error) {
-    expect(error).toBeInstanceOf(UmapError);
-    return error as UmapError;
-  }
-  throw new Error("expected a UmapError, but the call succeeded");
-}
-
 describe("targets", () => {
   test.each<[string, () => string, ErrorCode, RegExp]>([
     ["a missing file", () => join(dir.path, "missing.bin"), ErrorCode.NOT_FOUND, /missing\.bin: no such file/],
     ["a directory", () => folder, ErrorCode.INVALID_ARGUMENT, /folder: is a directory/],
     ["an empty file", () => empty, ErrorCode.INVALID_ARGUMENT, /empty\.bin is empty/],
   ])("%s", async (_name, target, code, message) => {
-    const error = await failure(umap(target()));
+    const error = await rejection(umap(target()));
     expect(error.code).toBe(code);
     expect(error.message).toMatch(message);
   });
 
   test("a target that is neither path, store nor descriptor", async () => {
-    const error = await failure(umap(42 as never));
+    const error = await rejection(umap(42 as never));
     expect(error.code).toBe("ERR_UMAP_INVALID_ARGUMENT");
     expect(error.message).toContain("target must be a path");
   });
 
   test("an s3:// location says to pass an S3Store, not that a local file is missing", async () => {
-    const error = await failure(umap("s3://bucket/key"));
+    const error = await rejection(umap("s3://bucket/key"));
     expect(error.code).toBe("ERR_UMAP_INVALID_ARGUMENT");
     expect(error.message).toContain("new S3Store");
     expect(parseS3Location("s3://bucket/some/key")).toMatchObject({ bucket: "bucket", key: "some/key" });
   });
 
   test("a store module that does not exist", async () => {
-    const error = await failure(umap(defineStore(join(dir.path, "nope.ts"), {})));
+    const error = await rejection(umap(defineStore(join(dir.path, "nope.ts"), {})));
     expect(error.code).toBe("ERR_UMAP_NOT_FOUND");
     expect(error.message).toContain("nope.ts");
   });
@@ -82,7 +72,7 @@ describe("options", () => {
     ["an unknown option", { pagesize: 4096 } as never, /unknown option pagesize/],
     ["writable not a boolean", { writable: "yes" as never }, /writable must be a boolean/],
   ])("%s", async (_name, options, message) => {
-    const error = await failure(umap(file, options));
+    const error = await rejection(umap(file, options));
     expect(error.code).toBe("ERR_UMAP_INVALID_ARGUMENT");
     expect(error.message).toMatch(message);
   });
@@ -99,7 +89,7 @@ describe("a closed region", () => {
       ["prefetch()", () => region.prefetch(0, 1)],
       ["flush()", () => region.flush()],
     ] as const) {
-      const error = await failure(call);
+      const error = await rejection(call);
       expect(error.code).toBe("ERR_UMAP_CLOSED");
       expect(error.message).toContain(`cannot use ${method}`);
       expect(error.message).toContain("data.bin");

@@ -13,7 +13,7 @@ import { appendFileSync, mkdirSync, readdirSync, rmSync, statSync, symlinkSync, 
 import { join } from "node:path";
 import { defineStore, ErrorCode, Lz4Store, umap, UmapError } from "../src/index.ts";
 import { RECORD_HEADER_BYTES, RecordKind, encodeRecordHeader, hash64 } from "../stores/lib/lz4-format.ts";
-import { KiB, random, tempDir } from "./helpers.ts";
+import { KiB, random, tempDir, rejection } from "./helpers.ts";
 
 const PATTERN_STORE = new URL("./fixtures/pattern-store.ts", import.meta.url);
 const dir = tempDir();
@@ -24,15 +24,6 @@ function caseDir(): string {
   const path = join(dir.path, `case-${caseCount++}`);
   mkdirSync(path);
   return path;
-}
-
-async function rejection(promise: Promise<unknown>): Promise<UmapError> {
-  const error = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(UmapError);
-  return error as UmapError;
 }
 
 /**

@@ -6,6 +6,8 @@
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { UmapError } from "../src/errors.ts";
+import { xorshift32 } from "../bench/lib/stats.ts";
 
 export const KiB = 1024;
 export const MiB = 1024 * KiB;
@@ -71,15 +73,35 @@ export function checkPattern(bytes: Uint8Array, byteOffset: number, pageSize: nu
   return null;
 }
 
-/** A deterministic pseudo-random generator (xorshift32), so failures can be replayed. */
+/** A deterministic pseudo-random generator in [0, 1) (the benchmarks' xorshift32), so failures can be replayed. */
 export function random(seed: number): () => number {
-  let state = seed >>> 0 || 1;
-  return () => {
-    state ^= state << 13;
-    state >>>= 0;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    state >>>= 0;
-    return state / 2 ** 32;
-  };
+  const next = xorshift32(seed);
+  return () => next() / 2 ** 32;
+}
+
+/**
+ * The UmapError a promise (or a function, called here) rejects or throws with. Anything else
+ * fails the test: resolving, or an error that is not a UmapError.
+ */
+export async function rejection(run: Promise<unknown> | (() => unknown)): Promise<UmapError> {
+  let error: unknown;
+  try {
+    await (typeof run === "function" ? run() : run);
+  } catch (caught) {
+    error = caught;
+  }
+  if (error === undefined) throw new Error("expected a UmapError, but the call succeeded");
+  if (!(error instanceof UmapError)) throw new Error(`expected a UmapError, got ${String(error)}`);
+  return error;
+}
+
+/** The UmapError a function throws synchronously; anything else fails the test. */
+export function thrown(run: () => unknown): UmapError {
+  try {
+    run();
+  } catch (error) {
+    if (!(error instanceof UmapError)) throw new Error(`expected a UmapError, got ${String(error)}`);
+    return error;
+  }
+  throw new Error("expected a UmapError, nothing was thrown");
 }

@@ -7,9 +7,9 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { GetObjectCommand } from "@aws-sdk/client-s3";
 import { writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
-import { ErrorCode, Lz4Store, umap, UmapError } from "../src/index.ts";
+import { ErrorCode, Lz4Store, umap } from "../src/index.ts";
 import { storeConformance } from "./conformance.ts";
-import { checkPattern, fillPattern, KiB, MiB, tempDir } from "./helpers.ts";
+import { checkPattern, fillPattern, KiB, MiB, tempDir, rejection } from "./helpers.ts";
 import { startS3Server, type S3Server } from "./s3-helpers.ts";
 
 const server = await startS3Server(undefined, "umap-lz4");
@@ -35,15 +35,6 @@ async function packedOnS3(s3: S3Server, data: Uint8Array, chunkSize = 64 * KiB):
   const location = `s3://${s3.bucket}/packed/object-${count++}.lz4`;
   await Lz4Store.pack(source, location, { chunkSize, s3: s3.s3 });
   return location;
-}
-
-async function rejection(run: () => Promise<unknown>): Promise<UmapError> {
-  const error = await run().then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  if (!(error instanceof UmapError)) throw new Error(`expected a UmapError, got ${String(error)}`);
-  return error;
 }
 
 function serverTest(name: string, run: (s3: S3Server) => Promise<void>): void {

@@ -10,7 +10,7 @@ import { ErrorCode, Lz4Store, umap, UmapError } from "../src/index.ts";
 import { MemoryRange, type ByteRange } from "../stores/lib/byte-range.ts";
 import { FILE_HEADER_BYTES, ROOT_SLOT_OFFSETS, decodeRootSlot, encodeRootSlot, hash64 } from "../stores/lib/lz4-format.ts";
 import { storeConformance } from "./conformance.ts";
-import { checkPattern, fillPattern, KiB, MiB, random, tempDir } from "./helpers.ts";
+import { checkPattern, fillPattern, KiB, MiB, random, tempDir, rejection, thrown } from "./helpers.ts";
 
 const dir = tempDir("bun-umap-lz4-");
 afterAll(() => dir.remove());
@@ -47,25 +47,6 @@ function firstDifference(a: Uint8Array, b: Uint8Array): string | null {
   if (Buffer.compare(a, b) === 0) return null;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return `byte ${i}: ${a[i]} != ${b[i]}`;
   return null;
-}
-
-function thrown(fn: () => unknown): UmapError {
-  try {
-    fn();
-  } catch (error) {
-    if (!(error instanceof UmapError)) throw error;
-    return error;
-  }
-  throw new Error("expected a UmapError, nothing was thrown");
-}
-
-async function rejection(promise: Promise<unknown>): Promise<UmapError> {
-  const error = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  if (!(error instanceof UmapError)) throw new Error(`expected a UmapError, got ${String(error)}`);
-  return error;
 }
 
 function sha256(bytes: Uint8Array): string {

@@ -5,32 +5,13 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { defineStore, ErrorCode, umap, UmapError } from "../src/index.ts";
-import { checkPattern, GiB, KiB, MiB, tempDir, writePatternFile } from "./helpers.ts";
+import { checkPattern, GiB, KiB, MiB, tempDir, writePatternFile, rejection, thrown } from "./helpers.ts";
 
 const PATTERN_STORE = new URL("./fixtures/pattern-store.ts", import.meta.url);
 const dir = tempDir();
 const file = join(dir.path, "pattern.bin");
 beforeAll(() => writePatternFile(file, 4 * MiB));
 afterAll(() => dir.remove());
-
-async function rejection(promise: Promise<unknown>): Promise<UmapError> {
-  const error = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(UmapError);
-  return error as UmapError;
-}
-
-function thrown(fn: () => unknown): UmapError {
-  try {
-    fn();
-  } catch (error) {
-    expect(error).toBeInstanceOf(UmapError);
-    return error as UmapError;
-  }
-  throw new Error("expected a UmapError, nothing was thrown");
-}
 
 const openFds = () => readdirSync("/proc/self/fd").length;
 

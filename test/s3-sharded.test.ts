@@ -8,9 +8,9 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { ListObjectsV2Command } from "@aws-sdk/client-s3";
 import { writeSync } from "node:fs";
-import { ErrorCode, ShardedStore, umap, UmapError } from "../src/index.ts";
+import { ErrorCode, ShardedStore, umap } from "../src/index.ts";
 import { storeConformance } from "./conformance.ts";
-import { checkPattern, fillPattern, KiB, MiB } from "./helpers.ts";
+import { checkPattern, fillPattern, KiB, MiB, rejection } from "./helpers.ts";
 import { startS3Server, type S3Server } from "./s3-helpers.ts";
 
 const moto = await startS3Server("moto", "umap-sharded");
@@ -22,15 +22,6 @@ afterAll(async () => {
 
 let prefixCount = 0;
 const freshPrefix = (name: string) => `${name}-${prefixCount++}`;
-
-async function rejection(run: () => Promise<unknown>): Promise<UmapError> {
-  const error = await run().then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  if (!(error instanceof UmapError)) throw new Error(`expected a UmapError, got ${String(error)}`);
-  return error;
-}
 
 /** Keys under a prefix, sorted, without the prefix. */
 async function keysUnder(server: S3Server, prefix: string): Promise<string[]> {

@@ -8,32 +8,13 @@ import { mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, truncateSy
 import { join, resolve } from "node:path";
 import { Worker } from "node:worker_threads";
 import { ErrorCode, ShardedStore, umap, UmapError } from "../src/index.ts";
-import { checkPattern, fillPattern, KiB, MiB, tempDir, writePatternFile } from "./helpers.ts";
+import { checkPattern, fillPattern, KiB, MiB, tempDir, writePatternFile, rejection, thrown } from "./helpers.ts";
 
 const dir = tempDir();
 afterAll(() => dir.remove());
 let count = 0;
 /** A new path in the test directory (nothing is made there). */
 const freshPath = (name: string) => join(dir.path, `${name}-${count++}`);
-
-async function rejection(run: () => Promise<unknown>): Promise<UmapError> {
-  const error = await run().then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  if (!(error instanceof UmapError)) throw new Error(`expected a UmapError, got ${String(error)}`);
-  return error;
-}
-
-function thrown(run: () => unknown): UmapError {
-  try {
-    run();
-  } catch (error) {
-    if (!(error instanceof UmapError)) throw new Error(`expected a UmapError, got ${String(error)}`);
-    return error;
-  }
-  throw new Error("expected a UmapError, nothing was thrown");
-}
 
 /** Bytes allocated on disk for every file in a directory (st_blocks counts 512-byte units). */
 function allocatedBytes(directory: string): number {
