@@ -3,7 +3,7 @@
  * in alternating order, check what each run computed, and summarize the samples.
  */
 import type { DataDir } from "./data.ts";
-import type { Check, Ratio, Skipped, SystemResult, Target } from "./report.ts";
+import type { Check, SystemResult, WorkloadResult } from "./report.ts";
 import { alternation, median } from "./stats.ts";
 
 export interface BenchContext {
@@ -35,16 +35,8 @@ export interface SystemSpec {
   summarize?(samples: Sample[]): Record<string, number | string>;
 }
 
-export interface WorkloadOutcome {
-  parameters: Record<string, number | string | boolean>;
-  systems: SystemResult[];
-  ratios: Ratio[];
-  targets: Target[];
-  checks: Check[];
-  /** Systems that could not run on this machine, with why. */
-  skipped?: Skipped[];
-  notes: string[];
-}
+/** What a workload reports; the runner adds the rest of its WorkloadResult (name, machine, times). */
+export type WorkloadOutcome = Pick<WorkloadResult, "parameters" | "systems" | "ratios" | "targets" | "checks" | "skipped" | "notes">;
 
 export interface Workload {
   name: string;

@@ -12,7 +12,7 @@ import { Lz4Store, umap } from "../../src/index.ts";
 import { KiB, MiB, formatBytes, warmPageCache, type Float64File } from "../lib/data.ts";
 import { target, type Ratio } from "../lib/report.ts";
 import { gigabytesPerSecond, metricOf, runSystems, type BenchContext, type Sample, type SystemSpec, type Workload } from "../lib/workload.ts";
-import { sumFloat64, umapSystemName } from "./seq.ts";
+import { scanRegion, sumFloat64, umapSystemName } from "./seq.ts";
 
 /** Lz4Store's default chunk size, set here explicitly. */
 const CHUNK_SIZE = 64 * KiB;
@@ -37,27 +37,14 @@ async function umapScan(file: Float64File, open: () => Promise<Lz4Store | string
   const target = await open();
   try {
     const region = await umap(target, { pageSize, bufferSize });
-    const cpuBefore = process.cpuUsage();
-    const scanStart = Bun.nanoseconds();
-    let sum: number;
-    try {
-      sum = sumFloat64(new Float64Array(region.bytes.buffer, region.bytes.byteOffset, file.wordCount));
-    } catch (error) {
-      await region.close();
-      throw error;
-    }
-    const scanEnd = Bun.nanoseconds();
-    const cpu = process.cpuUsage(cpuBefore);
-    const stats = region.stats();
-    await region.close();
+    const { sum, seconds, cpuSeconds, startedNs, closeMs, stats } = await scanRegion(region, file.wordCount);
     return {
-      seconds: (scanEnd - scanStart) / 1e9,
+      seconds,
       problem: checkSum(sum, file),
       extra: {
-        setupMs: (scanStart - setupStart) / 1e6,
-        closeMs: (Bun.nanoseconds() - scanEnd) / 1e6,
-        // Of every thread of the process during the scan: two cores bound it at twice the scan's time.
-        cpuSeconds: (cpu.user + cpu.system) / 1e6,
+        setupMs: (startedNs - setupStart) / 1e6,
+        closeMs,
+        cpuSeconds,
         faults: stats.faults,
         fills: stats.fills,
         fillRequests: stats.fillRequests,

@@ -21,7 +21,7 @@ import { startS3Server, type S3Server } from "../lib/s3-server.ts";
 import { mountS3fs, s3fsUnavailable, type S3fsMount } from "../lib/s3fs.ts";
 import { percentile, xorshift32 } from "../lib/stats.ts";
 import { gigabytesPerSecond, metricOf, releaseMappings, runSystems, type BenchContext, type Sample, type SystemSpec, type Workload } from "../lib/workload.ts";
-import { sumFloat64 } from "./seq.ts";
+import { scanRegion, sumFloat64 } from "./seq.ts";
 
 const BUCKET = "bench";
 const KEY = "float64.bin";
@@ -236,28 +236,18 @@ async function measure(
           const setupStart = Bun.nanoseconds();
           const store = new S3Store({ bucket: BUCKET, key: KEY, ...server.s3, chunkSize: CHUNK_SIZE, concurrency: CONCURRENCY });
           const region = await umap(store, { pageSize: SEQ_PAGE_SIZE, bufferSize });
-          const cpuBefore = process.cpuUsage();
           const serverCpuBefore = processCpuSeconds(server.pid);
-          const scanStart = Bun.nanoseconds();
-          let sum: number;
-          try {
-            sum = sumFloat64(new Float64Array(region.bytes.buffer, region.bytes.byteOffset, file.wordCount));
-          } catch (error) {
-            await region.close();
-            throw error;
-          }
-          const scanEnd = Bun.nanoseconds();
-          const cpu = process.cpuUsage(cpuBefore);
-          const serverCpuSeconds = processCpuSeconds(server.pid) - serverCpuBefore;
-          const stats = region.stats();
-          await region.close();
+          let serverCpuSeconds = 0;
+          const { sum, seconds, cpuSeconds, startedNs, closeMs, stats } = await scanRegion(region, file.wordCount, () => {
+            serverCpuSeconds = processCpuSeconds(server.pid) - serverCpuBefore;
+          });
           return {
-            seconds: (scanEnd - scanStart) / 1e9,
+            seconds,
             problem: checkSum(sum),
             extra: {
-              setupMs: (scanStart - setupStart) / 1e6,
-              closeMs: (Bun.nanoseconds() - scanEnd) / 1e6,
-              cpuSeconds: (cpu.user + cpu.system) / 1e6,
+              setupMs: (startedNs - setupStart) / 1e6,
+              closeMs,
+              cpuSeconds,
               serverCpuSeconds,
               faults: stats.faults,
               fills: stats.fills,

@@ -4,7 +4,7 @@
  * in the page cache. Cold: it is dropped from the page cache before every run.
  */
 import { closeSync, openSync, readSync } from "node:fs";
-import { umap } from "../../src/index.ts";
+import { umap, type Region, type RegionStats } from "../../src/index.ts";
 import { GiB, KiB, MiB, formatBytes, warmPageCache, type Float64File } from "../lib/data.ts";
 import { cachedFraction, dropFromPageCache } from "../lib/libc.ts";
 import { target, type Ratio } from "../lib/report.ts";
@@ -20,6 +20,49 @@ export function sumFloat64(values: Float64Array): number {
   let sum = 0;
   for (let i = 0; i < values.length; i++) sum += values[i]!;
   return sum;
+}
+
+/** What scanRegion() measured. */
+export interface RegionScan {
+  sum: number;
+  /** The scan alone. */
+  seconds: number;
+  /** Of every thread of the process during the scan: two cores bound it at twice the scan's time. */
+  cpuSeconds: number;
+  /** Bun.nanoseconds() when the scan began, for set-up times measured by the caller. */
+  startedNs: number;
+  closeMs: number;
+  stats: RegionStats;
+}
+
+/**
+ * Sums the first wordCount Float64 values of a region, timing the scan alone, then closes the
+ * region (also when the scan throws). `afterScan` runs right after the scan, before the close,
+ * for counters of other processes.
+ */
+export async function scanRegion(region: Region, wordCount: number, afterScan?: () => void): Promise<RegionScan> {
+  const cpuBefore = process.cpuUsage();
+  const startedNs = Bun.nanoseconds();
+  let sum: number;
+  try {
+    sum = sumFloat64(new Float64Array(region.bytes.buffer, region.bytes.byteOffset, wordCount));
+  } catch (error) {
+    await region.close();
+    throw error;
+  }
+  const endedNs = Bun.nanoseconds();
+  const cpu = process.cpuUsage(cpuBefore);
+  afterScan?.();
+  const stats = region.stats();
+  await region.close();
+  return {
+    sum,
+    seconds: (endedNs - startedNs) / 1e9,
+    cpuSeconds: (cpu.user + cpu.system) / 1e6,
+    startedNs,
+    closeMs: (Bun.nanoseconds() - endedNs) / 1e6,
+    stats,
+  };
 }
 
 function checkSum(got: number, file: Float64File): string | null {
@@ -48,23 +91,13 @@ export async function umapMasked(path: string, options: Parameters<typeof umap>[
 async function umapScan(file: Float64File, pageSize: number, bufferSize: number, maskFeatures = 0): Promise<Sample> {
   const setupStart = Bun.nanoseconds();
   const region = await umapMasked(file.path, { pageSize, bufferSize }, maskFeatures);
-  const scanStart = Bun.nanoseconds();
-  let sum: number;
-  try {
-    sum = sumFloat64(new Float64Array(region.bytes.buffer, region.bytes.byteOffset, file.wordCount));
-  } catch (error) {
-    await region.close();
-    throw error;
-  }
-  const scanEnd = Bun.nanoseconds();
-  const stats = region.stats();
-  await region.close();
+  const { sum, seconds, startedNs, closeMs, stats } = await scanRegion(region, file.wordCount);
   return {
-    seconds: (scanEnd - scanStart) / 1e9,
+    seconds,
     problem: checkSum(sum, file),
     extra: {
-      setupMs: (scanStart - setupStart) / 1e6,
-      closeMs: (Bun.nanoseconds() - scanEnd) / 1e6,
+      setupMs: (startedNs - setupStart) / 1e6,
+      closeMs,
       faults: stats.faults,
       duplicateFaults: stats.duplicateFaults,
       fills: stats.fills,
