@@ -37,6 +37,8 @@ interface OpenStore {
   label: string;
 }
 const stores = new Map<number, OpenStore>();
+/** The open stores that can have fetches of their own in flight (they define pending()). */
+const backgroundStores = new Set<StoreInstance>();
 const request = new Float64Array(RequestField.COUNT);
 let releasesSeen = 0;
 let staging: { address: number; bytes: Uint8Array } | undefined;
@@ -63,6 +65,7 @@ async function storeFor(slot: number, generation: number): Promise<OpenStore> {
   const store = await openStore(descriptor);
   const opened = { generation, store, label: storeLabel(store, descriptor) };
   stores.set(slot, opened);
+  if (typeof store.pending === "function") backgroundStores.add(store);
   return opened;
 }
 
@@ -77,6 +80,7 @@ async function dropReleasedStores(): Promise<void> {
 }
 
 async function closeQuietly(open: OpenStore): Promise<void> {
+  backgroundStores.delete(open.store);
   try {
     await open.store.close?.();
   } catch (error) {
@@ -144,11 +148,15 @@ const EAGAIN = -11;
 /** How often a worker whose stores fetch in the background looks for new requests. */
 const BACKGROUND_POLL_MS = 1;
 
-/** Settles when every open store's background work has; undefined if none has any. */
+/**
+ * Settles when every open store's background work has; undefined if none has any. Looks only at
+ * stores that define pending(): this runs before every request, and a worker may hold the stores
+ * of thousands of regions.
+ */
 function backgroundWork(): Promise<unknown> | undefined {
   let pending: Promise<void>[] | undefined;
-  for (const open of stores.values()) {
-    const work = open.store.pending?.();
+  for (const store of backgroundStores) {
+    const work = store.pending!();
     if (work) (pending ??= []).push(work);
   }
   return pending && Promise.all(pending);
